@@ -1,0 +1,585 @@
+"""The sans-IO HTTP/2 connection core shared by the client, the chaos server and the doctor.
+
+Bytes and ``now`` go in, :mod:`h2guard.wire.events` and bytes come out; there are no sockets and
+no clocks here, so every behaviour is tested by feeding frames.
+
+It wraps ``h2.connection.H2Connection`` and fixes what h2 does not do:
+
+* **GOAWAY drains instead of killing.** h2 moves the whole connection to CLOSED when a GOAWAY is
+  sent *or* received, so streams at or below last_stream_id cannot finish ("Invalid input
+  ConnectionInputs.RECV_HEADERS in state ConnectionState.CLOSED"). Each core gives its own h2
+  connection a transition table in which the two GOAWAY inputs leave the open states unchanged,
+  and then does itself what that leaves undone: it never opens a stream after GOAWAY, refuses the
+  peer's streams above the id it announced, and reports which of its own streams the peer's
+  GOAWAY left unprocessed. (A per-instance table, not a fork of h2 and not a global patch.)
+* **No event is lost to an exception.** h2 raises in the middle of ``receive_data`` and drops
+  the events it had already parsed from that chunk. The core feeds h2 one frame at a time, so a
+  connection error becomes a :class:`ConnectionFailed` event after everything that preceded it.
+* **REFUSED_STREAM instead of a connection error.** h2 treats a stream over our advertised
+  SETTINGS_MAX_CONCURRENT_STREAMS as a connection error; servers in the field (nginx, nghttpx)
+  answer RST_STREAM REFUSED_STREAM, which the client may retry safely. The core enforces the
+  limit itself, and can lower it mid-connection.
+* **Oversize headers** get GOAWAY PROTOCOL_ERROR, and the core never raises to its owner for
+  anything the peer sends.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.connection import ConnectionInputs, ConnectionState
+
+from h2guard.wire.events import (
+    ConnectionFailed,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    Headers,
+    PingAcked,
+    PingReceived,
+    RequestReceived,
+    ResponseReceived,
+    SettingsAcked,
+    SettingsReceived,
+    StreamEnded,
+    StreamRefused,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+
+__all__ = ["MAX_STREAM_ID", "PREFACE", "H2Core"]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_STREAM_ID = 2**31 - 1
+_MCS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+_GOAWAY_TYPE = 0x7
+_REFUSED = 0x7
+_PROTOCOL_ERROR = 0x1
+
+
+def _draining_table() -> dict[Any, Any]:
+    table: dict[Any, Any] = dict(h2.connection.H2ConnectionStateMachine._transitions)
+    for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN):
+        for goaway in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY):
+            if (state, goaway) not in table:  # pragma: no cover - h2 changed shape
+                raise RuntimeError("unsupported h2 version: GOAWAY transitions not found")
+            table[(state, goaway)] = (None, state)
+    return table
+
+
+_DRAINING_TRANSITIONS = _draining_table()
+
+
+class _UnenforcedLimit(h2.settings.Settings):
+    """Local settings whose MAX_CONCURRENT_STREAMS is *advertised* but not enforced by h2.
+
+    h2 answers one stream too many with a connection error; the core answers it with
+    RST_STREAM REFUSED_STREAM instead, so h2 must not see the limit when it checks."""
+
+    @property  # type: ignore[override]
+    def max_concurrent_streams(self) -> int:
+        return 2**32 + 1
+
+
+class H2Core:
+    """One HTTP/2 connection, client or server role, with no I/O of its own.
+
+    Call :meth:`start`, then :meth:`receive` with every chunk read from the socket, and write
+    :meth:`data_to_send` after every call. Commands (:meth:`send_headers`, :meth:`goaway`, ...)
+    only queue bytes. The owner keeps the clock: ``now`` is any monotonic float.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_closed_streams",
+        "_conn",
+        "_initial_window_target",
+        "_out",
+        "_pings",
+        "_preface_left",
+        "_stream_limit",
+        "_streams",
+        "_withheld",
+        "auto_ack",
+        "client",
+        "closed",
+        "failure",
+        "goaway_received",
+        "goaway_sent",
+        "last_frame_at",
+        "last_nonping_at",
+        "requests_seen",
+    )
+
+    def __init__(
+        self,
+        *,
+        client: bool,
+        settings: Mapping[int, int] | None = None,
+        validate_inbound_headers: bool = True,
+        max_header_list_size: int = 65536,
+        connection_window: int | None = None,
+    ) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client,
+            header_encoding=None,
+            validate_inbound_headers=validate_inbound_headers,
+            normalize_inbound_headers=validate_inbound_headers,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config=config)
+        conn.state_machine._transitions = _DRAINING_TRANSITIONS  # type: ignore[misc]
+        conn.decoder.max_header_list_size = max_header_list_size
+        self._conn = conn
+        self.client = client
+        initial: dict[int, int] = {
+            _MCS: 100,  # h2's default, made explicit; a scenario overrides it
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+        }
+        if settings:
+            initial.update(settings)
+        # initial_values (not item assignment) so the values go out in the first SETTINGS frame.
+        local_cls = h2.settings.Settings if client else _UnenforcedLimit
+        conn.local_settings = local_cls(client=client, initial_values=initial)  # type: ignore[arg-type]
+        conn.max_inbound_frame_size = conn.local_settings.max_frame_size
+        self._stream_limit: int | None = None if client else initial[_MCS]
+        self._initial_window_target = connection_window
+        self._out: list[bytes] = []
+        self._buf = b""
+        self._preface_left = 0 if client else len(PREFACE)
+        self._streams: dict[int, list[bool]] = {}  # id -> [recv_closed, send_closed]
+        self._closed_streams = 0
+        self._withheld: dict[int, int] = {}
+        self._pings: dict[bytes, float] = {}
+        self.auto_ack = True
+        self.closed = False
+        self.failure: ConnectionFailed | None = None
+        self.goaway_sent: int | None = None
+        self.goaway_received: int | None = None
+        self.last_frame_at = 0.0
+        self.last_nonping_at = 0.0
+        self.requests_seen = 0
+
+
+    # ------------------------------------------------------------------ output
+
+    def start(self, now: float) -> None:
+        """Queue the preface (client) and our SETTINGS, and open the connection window."""
+        self.last_frame_at = self.last_nonping_at = now
+        conn = self._conn
+        conn.initiate_connection()
+        target = self._initial_window_target
+        if target is not None and target > 65535:
+            conn.increment_flow_control_window(target - 65535)
+        self._flush()
+
+    def data_to_send(self) -> bytes:
+        """Every byte queued since the last call, in order."""
+        self._flush()
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    def _flush(self) -> None:
+        data = self._conn.data_to_send()
+        if data:
+            self._out.append(data)
+
+    def write_raw(self, data: bytes) -> None:
+        """Queue bytes that bypass h2 (a deliberately broken frame, for fault injection)."""
+        self._flush()
+        self._out.append(data)
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, data: bytes, now: float) -> list[Event]:
+        """Feed bytes read from the peer; return what they meant. Never raises for peer input."""
+        if self.closed or not data:
+            return []
+        events: list[Event] = []
+        if self._preface_left:
+            head = data[: self._preface_left]
+            data = data[self._preface_left :]
+            self._preface_left -= len(head)
+            if not self._feed(head, events):
+                return events
+        buf = self._buf + data if self._buf else data
+        pos = 0
+        end = len(buf)
+        max_len = self._conn.max_inbound_frame_size
+        got_frame = False
+        while end - pos >= 9:
+            length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
+            if length > max_len:
+                # Let h2 judge the oversize frame from its header: FRAME_SIZE_ERROR.
+                self._feed(buf[pos : pos + 9], events)
+                self._buf = b""
+                return events
+            stop = pos + 9 + length
+            if stop > end:
+                break
+            ftype = buf[pos + 3]
+            got_frame = True
+            if ftype == 0x6:  # PING: maybe it should not count as activity
+                self.last_frame_at = now
+            else:
+                self.last_frame_at = self.last_nonping_at = now
+            if ftype == _GOAWAY_TYPE:
+                self._flush()  # h2 clears its outbound buffer on GOAWAY: keep what it had
+            if not self._feed(buf[pos:stop], events, now):
+                self._buf = b""
+                return events
+            pos = stop
+        self._buf = buf[pos:] if pos < end else b""
+        if not got_frame and self._buf and len(self._buf) > 9 + max_len:  # pragma: no cover
+            self._buf = b""
+        return events
+
+    def _feed(self, chunk: bytes, events: list[Event], now: float = 0.0) -> bool:
+        try:
+            h2_events = self._conn.receive_data(chunk)
+        except h2.exceptions.ProtocolError as exc:
+            code = int(getattr(exc, "error_code", _PROTOCOL_ERROR) or _PROTOCOL_ERROR)
+            self._fail(code, f"{type(exc).__name__}: {exc}", events)
+            return False
+        except Exception as exc:  # h2/hpack bugs must not take the owner down
+            self._conn_terminate(_PROTOCOL_ERROR)
+            self._fail(_PROTOCOL_ERROR, f"{type(exc).__name__}: {exc}", events)
+            return False
+        if h2_events:
+            self._translate(h2_events, events, now)
+        return True
+
+    def _conn_terminate(self, code: int) -> None:
+        try:
+            self._conn.close_connection(error_code=code)
+        except Exception:  # pragma: no cover - already closed
+            pass
+
+    def _fail(self, code: int, message: str, events: list[Event]) -> None:
+        self.closed = True
+        failure = ConnectionFailed(code, message)
+        self.failure = failure
+        events.append(failure)
+
+    def _translate(self, h2_events: Iterable[h2.events.Event], out: list[Event],
+                   now: float) -> None:
+        streams = self._streams
+        for ev in h2_events:
+            if isinstance(ev, h2.events.RequestReceived):
+                sid = ev.stream_id
+                assert sid is not None
+                refusal = self._refusal(sid)
+                if refusal is not None:
+                    self._reset_quietly(sid, _REFUSED)
+                    out.append(StreamRefused(sid, refusal))
+                    continue
+                self.requests_seen += 1
+                streams[sid] = [ev.stream_ended is not None, False]
+                out.append(RequestReceived(sid, _headers(ev.headers),
+                                           ev.stream_ended is not None))
+                if ev.stream_ended is not None:
+                    out.append(StreamEnded(sid))
+            elif isinstance(ev, h2.events.DataReceived):
+                sid = ev.stream_id
+                assert sid is not None
+                length = ev.flow_controlled_length or 0
+                state = streams.get(sid)
+                ended = ev.stream_ended is not None
+                if length:
+                    if state is None:
+                        self._ack(sid, length, known=False)
+                    elif self.auto_ack and sid not in self._withheld:
+                        self._ack(sid, length)
+                    else:
+                        self._withheld[sid] = self._withheld.get(sid, 0) + length
+                if state is None:
+                    continue
+                out.append(DataReceived(sid, ev.data or b"", length, ended))
+                if ended:
+                    state[0] = True
+                    out.append(StreamEnded(sid))
+                    self._maybe_close(sid, state)
+            elif isinstance(ev, h2.events.StreamEnded):
+                sid = ev.stream_id
+                assert sid is not None
+                state = streams.get(sid)
+                if state is not None and not state[0]:
+                    state[0] = True
+                    out.append(StreamEnded(sid))
+                    self._maybe_close(sid, state)
+            elif isinstance(ev, (h2.events.ResponseReceived,
+                                 h2.events.InformationalResponseReceived)):
+                sid = ev.stream_id
+                assert sid is not None
+                ended = ev.stream_ended is not None if isinstance(
+                    ev, h2.events.ResponseReceived) else False
+                if sid in streams:
+                    out.append(ResponseReceived(sid, _headers(ev.headers), ended))
+                    if ended:
+                        streams[sid][0] = True
+                        out.append(StreamEnded(sid))
+                        self._maybe_close(sid, streams[sid])
+            elif isinstance(ev, h2.events.TrailersReceived):
+                sid = ev.stream_id
+                assert sid is not None
+                state = streams.get(sid)
+                if state is not None:
+                    out.append(TrailersReceived(sid, _headers(ev.headers)))
+                    state[0] = True
+                    out.append(StreamEnded(sid))
+                    self._maybe_close(sid, state)
+            elif isinstance(ev, h2.events.StreamReset):
+                sid = ev.stream_id
+                assert sid is not None
+                if streams.pop(sid, None) is not None:
+                    self._withheld.pop(sid, None)
+                    out.append(StreamReset(sid, int(ev.error_code or 0), ev.remote_reset))
+            elif isinstance(ev, h2.events.WindowUpdated):
+                out.append(WindowUpdated(ev.stream_id or 0, ev.delta or 0))
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                last = int(ev.last_stream_id or 0)
+                code = int(ev.error_code or 0)
+                first = self.goaway_received is None
+                if self.goaway_received is None or last < self.goaway_received:
+                    self.goaway_received = last
+                unprocessed: tuple[int, ...] = ()
+                if self.client or not first:
+                    gone = sorted(s for s in streams if s > last and (s % 2 == 1) == self.client)
+                    for s in gone:
+                        del streams[s]
+                        self._withheld.pop(s, None)
+                    unprocessed = tuple(gone)
+                out.append(GoAwayReceived(code, last, ev.additional_data or b"", unprocessed))
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                out.append(SettingsReceived({int(k): v.new_value
+                                             for k, v in ev.changed_settings.items()}))
+            elif isinstance(ev, h2.events.SettingsAcknowledged):
+                out.append(SettingsAcked({int(k): v.new_value
+                                          for k, v in ev.changed_settings.items()}))
+            elif isinstance(ev, h2.events.PingReceived):
+                out.append(PingReceived(ev.ping_data or b""))
+            elif isinstance(ev, h2.events.PingAckReceived):
+                payload = ev.ping_data or b""
+                sent = self._pings.pop(payload, None)
+                out.append(PingAcked(payload, None if sent is None else now - sent))
+            # PRIORITY, ALTSVC, unknown frames: nothing for the owner to do.
+
+    def _refusal(self, stream_id: int) -> str | None:
+        if self.goaway_sent is not None and stream_id > self.goaway_sent:
+            return "after_goaway"
+        limit = self._stream_limit
+        if limit is not None and len(self._streams) >= limit:
+            return "stream_limit"
+        return None
+
+    def _ack(self, stream_id: int, length: int, *, known: bool = True) -> None:
+        try:
+            self._conn.acknowledge_received_data(length, stream_id if known else 0)
+        except h2.exceptions.StreamClosedError:
+            self._conn.increment_flow_control_window(length)
+        except h2.exceptions.ProtocolError:  # pragma: no cover - connection already gone
+            pass
+
+    def _maybe_close(self, stream_id: int, state: list[bool]) -> None:
+        if state[0] and state[1]:
+            del self._streams[stream_id]
+            self._withheld.pop(stream_id, None)
+            self._closed_streams += 1
+
+    def _reset_quietly(self, stream_id: int, code: int) -> None:
+        try:
+            self._conn.reset_stream(stream_id, error_code=code)
+        except h2.exceptions.ProtocolError:
+            pass
+
+    # ------------------------------------------------------------------ commands
+
+    def send_headers(self, stream_id: int, headers: Headers, *, end_stream: bool = False) -> bool:
+        """Send HEADERS; False if the stream is already gone (reset by the peer, say)."""
+        state = self._streams.get(stream_id)
+        if self.closed or (state is None and not self.client):
+            return False
+        try:
+            self._conn.send_headers(stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.ProtocolError:
+            return False
+        if state is None:
+            state = self._streams[stream_id] = [False, False]
+        if end_stream:
+            state[1] = True
+            self._maybe_close(stream_id, state)
+        return True
+
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> int:
+        """Send as much of ``data`` as the peer's windows allow; return how many bytes went.
+
+        ``end_stream`` applies only when all of ``data`` went. The caller keeps the rest and
+        tries again on :class:`WindowUpdated`: large bodies wait for the peer instead of
+        failing or buffering without bound."""
+        state = self._streams.get(stream_id)
+        if state is None or state[1] or self.closed:
+            return 0
+        conn = self._conn
+        sent = 0
+        total = len(data)
+        try:
+            window = conn.local_flow_control_window(stream_id)
+            frame_max = conn.max_outbound_frame_size
+            while sent < total and window > 0:
+                size = min(frame_max, window, total - sent)
+                last = end_stream and sent + size == total
+                conn.send_data(stream_id, data[sent : sent + size], end_stream=last)
+                sent += size
+                window -= size
+            if end_stream and total == 0:
+                conn.end_stream(stream_id)
+        except h2.exceptions.ProtocolError:
+            return sent
+        if end_stream and sent == total:
+            state[1] = True
+            self._maybe_close(stream_id, state)
+        return sent
+
+    def end_stream(self, stream_id: int) -> None:
+        """Close our side of the stream with an empty END_STREAM DATA frame."""
+        self.send_data(stream_id, b"", end_stream=True)
+
+    def window(self, stream_id: int) -> int:
+        """Bytes we may send on the stream now (stream and connection windows)."""
+        try:
+            return int(self._conn.local_flow_control_window(stream_id))
+        except h2.exceptions.ProtocolError:
+            return 0
+
+    def reset_stream(self, stream_id: int, code: int) -> bool:
+        """RST_STREAM with any 32-bit code (unknown codes are legal); False if already closed."""
+        if self.closed:
+            return False
+        known = self._streams.pop(stream_id, None) is not None
+        self._withheld.pop(stream_id, None)
+        try:
+            self._conn.reset_stream(stream_id, error_code=code)
+        except h2.exceptions.ProtocolError:
+            return False
+        return known
+
+    def goaway(self, *, code: int = 0, last_stream_id: int | None = None,
+               debug: bytes = b"") -> int:
+        """Send GOAWAY; streams at or below ``last_stream_id`` may finish, later ones are refused.
+
+        ``None`` means the highest stream the peer has opened (a graceful close). Sending
+        2^31-1 first and the real id later is the two-step drain; the id only ever goes down.
+        Returns the id sent."""
+        if last_stream_id is None:
+            last_stream_id = self._conn.highest_inbound_stream_id
+        if self.goaway_sent is not None:
+            last_stream_id = min(last_stream_id, self.goaway_sent)
+        self.goaway_sent = last_stream_id
+        try:
+            self._conn.close_connection(error_code=code, additional_data=debug or None,
+                                        last_stream_id=last_stream_id)
+        except h2.exceptions.ProtocolError:  # pragma: no cover
+            pass
+        if not self.client:
+            for sid in [s for s in self._streams if s > last_stream_id]:
+                del self._streams[sid]
+                self._withheld.pop(sid, None)
+        return last_stream_id
+
+    def ping(self, payload: bytes, now: float) -> None:
+        """Send PING; :class:`PingAcked` carries the round trip."""
+        payload = payload.ljust(8, b"\0")[:8]
+        self._pings[payload] = now
+        self._conn.ping(payload)
+
+    def update_settings(self, settings: Mapping[int, int]) -> None:
+        """Send new SETTINGS. A lower MAX_CONCURRENT_STREAMS is enforced at once: streams the
+        peer opens before it sees the frame are refused, as servers in the field do."""
+        for key, value in settings.items():
+            if key == _MCS and not self.client:
+                self._stream_limit = value
+        self._conn.update_settings(dict(settings))
+
+    def withhold_window(self, stream_id: int) -> None:
+        """Stop acknowledging DATA on this stream (the peer's upload will stall)."""
+        self._withheld.setdefault(stream_id, 0)
+
+    def release_window(self, stream_id: int) -> None:
+        """Acknowledge everything withheld on the stream and resume automatic updates."""
+        pending = self._withheld.pop(stream_id, 0)
+        if pending:
+            self._ack(stream_id, pending, known=stream_id in self._streams)
+
+    def next_stream_id(self) -> int:
+        """Client role: the id the next request will use."""
+        return int(self._conn.get_next_available_stream_id())
+
+    def can_open_stream(self) -> bool:
+        """Client role: no GOAWAY seen and below the peer's MAX_CONCURRENT_STREAMS."""
+        if self.closed or self.goaway_received is not None:
+            return False
+        return len(self._streams) < self._conn.remote_settings.max_concurrent_streams
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def open_streams(self) -> int:
+        """Streams that are not fully closed, as this core counts them."""
+        return len(self._streams)
+
+    def stream_ids(self) -> list[int]:
+        """Ids of the streams still open."""
+        return list(self._streams)
+
+    def is_open(self, stream_id: int) -> bool:
+        """Whether the stream is still open (not reset, not fully closed)."""
+        return stream_id in self._streams
+
+    def set_stream_limit(self, limit: int | None) -> None:
+        """Server role: enforce a different limit (``None``: advertise only, refuse nothing)."""
+        self._stream_limit = limit
+
+    @property
+    def stream_limit(self) -> int | None:
+        """Server role: the MAX_CONCURRENT_STREAMS we enforce."""
+        return self._stream_limit
+
+    @property
+    def highest_inbound_stream_id(self) -> int:
+        return int(self._conn.highest_inbound_stream_id)
+
+    @property
+    def remote_settings(self) -> dict[int, int]:
+        """The peer's settings in force."""
+        return {int(k): v for k, v in self._conn.remote_settings.items()}
+
+    def mark_lost(self, message: str) -> ConnectionFailed:
+        """The transport died under us (EOF, reset): close the core and say so."""
+        self.closed = True
+        failure = ConnectionFailed(0, message, local=False)
+        if self.failure is None:
+            self.failure = failure
+        return failure
+
+
+def _headers(raw: Any) -> Headers:
+    return raw if isinstance(raw, list) else list(raw)
+
+
+def goaway_frame(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
+    """Serialise a GOAWAY frame by hand (for tests and deliberately odd peers)."""
+    payload = struct.pack(">II", last_stream_id & MAX_STREAM_ID, code) + debug
+    return struct.pack(">I", len(payload))[1:] + bytes([_GOAWAY_TYPE, 0]) + b"\0\0\0\0" + payload

@@ -1,0 +1,161 @@
+"""Events the sans-IO core emits: small frozen records named in the past tense.
+
+They mirror h2's events but carry plain ints for error codes (an unknown code is not an error,
+RFC 9113 §7) and add what h2 does not say: which streams a GOAWAY left unprocessed, which
+streams the core refused itself, and a connection-level failure record instead of an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConnectionFailed",
+    "DataReceived",
+    "Event",
+    "GoAwayReceived",
+    "Headers",
+    "PingAcked",
+    "PingReceived",
+    "RequestReceived",
+    "ResponseReceived",
+    "SettingsAcked",
+    "SettingsReceived",
+    "StreamEnded",
+    "StreamRefused",
+    "StreamReset",
+    "TrailersReceived",
+    "WindowUpdated",
+]
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """Server role: a peer opened a stream with request HEADERS."""
+
+    stream_id: int
+    headers: Headers
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """Client role: response HEADERS (final or informational) arrived."""
+
+    stream_id: int
+    headers: Headers
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TrailersReceived:
+    """A trailing HEADERS block; it always ends the stream."""
+
+    stream_id: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """DATA arrived. ``flow_controlled_length`` counts padding too: it is what to acknowledge."""
+
+    stream_id: int
+    data: bytes
+    flow_controlled_length: int
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The peer ended its side of the stream (END_STREAM)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    """The stream was reset. ``remote`` is False when the core reset it itself (an h2 stream
+    error such as a frame on a closed stream)."""
+
+    stream_id: int
+    error_code: int
+    remote: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRefused:
+    """Server role: the core refused a new stream with RST_STREAM REFUSED_STREAM.
+
+    ``reason`` is ``"stream_limit"`` (over the advertised SETTINGS_MAX_CONCURRENT_STREAMS) or
+    ``"after_goaway"`` (its id is above the last_stream_id of a GOAWAY already sent)."""
+
+    stream_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GoAwayReceived:
+    """The peer sent GOAWAY. Streams at or below ``last_stream_id`` may still complete;
+    ``unprocessed`` lists the streams this side opened above it: the peer never processed them,
+    so they are safe to send again anywhere (RFC 9113 §6.8)."""
+
+    error_code: int
+    last_stream_id: int
+    debug: bytes
+    unprocessed: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsReceived:
+    """The peer's SETTINGS, already acknowledged; ``changed`` maps identifier to new value."""
+
+    changed: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsAcked:
+    """The peer acknowledged our SETTINGS."""
+
+    changed: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    """The peer sent a PING (already answered)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PingAcked:
+    """Our PING came back; ``rtt`` is seconds since it was sent (None if we did not send it)."""
+
+    payload: bytes
+    rtt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdated:
+    """The peer opened its flow-control window (stream 0: the connection)."""
+
+    stream_id: int
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFailed:
+    """A connection error: the core queued GOAWAY with ``error_code`` and is now closed.
+
+    ``local`` is True when this side detected the violation (bad preface, malformed frame,
+    oversize headers), False when the transport layer reports the loss."""
+
+    error_code: int
+    message: str
+    local: bool = True
+
+
+Event = (RequestReceived | ResponseReceived | TrailersReceived | DataReceived | StreamEnded
+         | StreamReset | StreamRefused | GoAwayReceived | SettingsReceived | SettingsAcked
+         | PingReceived | PingAcked | WindowUpdated | ConnectionFailed)
