@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
 
@@ -144,9 +144,8 @@ class _H2Protocol(asyncio.Protocol):
     # ---------------------------------------------------------------- asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server._connections.add(self)
@@ -310,6 +309,7 @@ class _H2Protocol(asyncio.Protocol):
         core = self.core
         assert core is not None
         self.requests += 1
+        self.server.requests += 1
         method = path = ""
         for key, value in ev.headers:
             if key == b":method":
@@ -890,8 +890,7 @@ class _H1Protocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.server._h1_connections.add(self)
         self.server.events.emit("chaos.connection.opened", connection=self.cid,
                                 protocol="http/1.1")
@@ -940,6 +939,7 @@ class _H1Protocol(asyncio.Protocol):
         req = self.request
         assert req is not None
         headers = [(bytes(k).lower(), bytes(v)) for k, v in req.headers]
+        self.server.requests += 1
         request = Request(req.method.decode("latin-1"), req.target.decode("latin-1"), headers,
                           b"".join(self.body), 0, self.cid, "1.1")
         self.busy = True
@@ -1029,6 +1029,7 @@ class ChaosServer:
         self.app = App(self.ledger)
         self.upstream: Any = None
         self.fault_counts: dict[tuple[str, str], int] = {}
+        self.requests = 0
         self.ca_file: str | None = None
         self.control: Any = None
         self.started_at = 0.0
@@ -1151,6 +1152,7 @@ class ChaosServer:
             "uptime": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
             "open_connections": self.connections,
             "connections": self.events.counts.get("chaos.connection.opened", 0),
+            "requests": self.requests,
             "faults": [{"kind": k, "code": c, "count": n}
                        for (k, c), n in sorted(self.fault_counts.items())],
             "ledger": {"total_effects": self.ledger.total,

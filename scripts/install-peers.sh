@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install the real programs the tests talk to (Debian packages), only those missing.
+# Tests that need a program still missing after this skip with a message naming it.
+set -u
+declare -A need=(
+  [curl]=curl
+  [nghttp]=nghttp2-client
+  [h2load]=nghttp2-client
+  [nginx]=nginx-light
+  [haproxy]=haproxy
+)
+missing=()
+for bin in "${!need[@]}"; do
+  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
+    missing+=("${need[$bin]}")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "peers: all present (curl, nghttp, h2load, nginx, haproxy)"
+  exit 0
+fi
+pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+echo "peers: installing $pkgs"
+SUDO=""
+if [ "$(id -u)" != "0" ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+if $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $pkgs; then
+  echo "peers: installed $pkgs"
+else
+  echo "!!! peers: could not install $pkgs (need root and apt): the tests that need them will SKIP" >&2
+fi
+exit 0
