@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import socket
 import ssl
@@ -363,12 +364,12 @@ class _H2Protocol(asyncio.Protocol):
                     self.blocked.discard(st)
                     self._advance(st)
         else:
-            st = self.streams.get(stream_id)
-            if st is not None and st in self.blocked:
-                st.window_blocked = False
+            one = self.streams.get(stream_id)
+            if one is not None and one in self.blocked:
+                one.window_blocked = False
                 if not self.write_paused:
-                    self.blocked.discard(st)
-                    self._advance(st)
+                    self.blocked.discard(one)
+                    self._advance(one)
 
     # ---------------------------------------------------------------- stream steps
 
@@ -391,8 +392,9 @@ class _H2Protocol(asyncio.Protocol):
                 st.body = []
                 if server.upstream is not None:
                     st.step = _APP_WAIT
-                    task = self.loop.create_task(server.upstream.forward(req))
-                    task.add_done_callback(lambda t, st=st: self._proxied(st, t))
+                    client = self.peer.rpartition(":")[0] or None  # x-forwarded-for
+                    task = self.loop.create_task(server.upstream.forward(req, client=client))
+                    task.add_done_callback(functools.partial(self._proxied, st))
                     server._tasks.add(task)
                     task.add_done_callback(server._tasks.discard)
                     return
@@ -480,6 +482,14 @@ class _H2Protocol(asyncio.Protocol):
         """Send what the windows allow; True when the body is complete."""
         core = self.core
         assert core is not None
+        body = st.body_bytes
+        if (body is not None and not st.body_faults and not st.sent and not self.write_paused
+                and len(body) <= _MAX_CHUNK):
+            # The common case: a small body that fits the window goes out in one call.
+            sent = core.send_data(st.sid, body, end_stream=True)
+            if sent == len(body):
+                return True
+            st.sent = sent  # the window was short (or the stream died): the loop sorts it out
         while True:
             if st.body_faults:
                 result = self._body_faults(st)
@@ -899,6 +909,8 @@ class _H1Protocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         self.server._h1_connections.discard(self)
+        self.server.events.emit("chaos.connection.closed", connection=self.cid,
+                                reason=str(exc) if exc else "closed")
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -944,7 +956,9 @@ class _H1Protocol(asyncio.Protocol):
                           b"".join(self.body), 0, self.cid, "1.1")
         self.busy = True
         if self.server.upstream is not None:
-            task = asyncio.get_running_loop().create_task(self.server.upstream.forward(request))
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            task = asyncio.get_running_loop().create_task(
+                self.server.upstream.forward(request, client=peer[0] if peer else None))
             self.server._tasks.add(task)
             task.add_done_callback(self.server._tasks.discard)
 
@@ -1054,7 +1068,7 @@ class ChaosServer:
         if cfg.upstream is not None:
             from h2guard.chaos.proxy import Upstream
 
-            self.upstream = Upstream(cfg.upstream)
+            self.upstream = Upstream.from_config(cfg)  # options from cfg.extra
         self._server = await self._loop.create_server(
             lambda: _H2Protocol(self), cfg.host, cfg.port, ssl=self._ssl, backlog=1024,
             reuse_address=True)
@@ -1064,8 +1078,12 @@ class ChaosServer:
         if cfg.control_port is not None:
             from h2guard.chaos.control import start_control
 
-            self.control = await start_control(self, host=cfg.control_host,
-                                               port=cfg.control_port)
+            try:
+                self.control = await start_control(self, host=cfg.control_host,
+                                                   port=cfg.control_port)
+            except BaseException:  # e.g. a non-loopback host or a busy port: do not leak
+                await self.stop()
+                raise
         self.events.emit("chaos.server.started", url=self.url, scenario=self.scenario.name)
 
     async def stop(self) -> None:
