@@ -135,8 +135,6 @@ def test_two_step_drain_only_lowers_the_id() -> None:
 
 
 def test_stream_limit_is_enforced_with_refused_stream_not_a_connection_error() -> None:
-    p = Pair(settings={0x3: 2})
-    c_events, _ = p.pump()
     # the client ignores the limit (as Node does before SETTINGS arrive): write raw HEADERS
     enc = hpack.Encoder()
     raw = b""

@@ -45,7 +45,7 @@ class Request:
 class Body:
     """A response body produced in chunks, so that ``/bytes/50000000`` costs 64 KiB of RAM."""
 
-    __slots__ = ("length", "_data")
+    __slots__ = ("_data", "length")
 
     def __init__(self, length: int, data: bytes | None = None) -> None:
         self.length = length

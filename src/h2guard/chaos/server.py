@@ -32,7 +32,6 @@ from h2guard.chaos.faults import FaultSet, StreamFault, StreamInfo
 from h2guard.chaos.ledger import Ledger
 from h2guard.chaos.model import (
     Delay,
-    FlowControl,
     GoAway,
     IdleAction,
     Moment,
@@ -87,10 +86,30 @@ class ServerConfig:
 
 
 class _Stream:
-    __slots__ = ("body", "body_bytes", "body_faults", "body_len", "body_size", "delay_after",
-                 "delay_ready", "dead", "end_after_headers", "ended", "headers", "info",
-                 "method", "mpos", "path", "response", "sent", "sid", "step", "timer",
-                 "waiting", "window_blocked")
+    __slots__ = (
+        "body",
+        "body_bytes",
+        "body_faults",
+        "body_len",
+        "body_size",
+        "dead",
+        "delay_after",
+        "delay_ready",
+        "end_after_headers",
+        "ended",
+        "headers",
+        "info",
+        "method",
+        "mpos",
+        "path",
+        "response",
+        "sent",
+        "sid",
+        "step",
+        "timer",
+        "waiting",
+        "window_blocked",
+    )
 
     def __init__(self, sid: int, method: str, path: str, headers: list[tuple[bytes, bytes]],
                  info: StreamInfo) -> None:
@@ -463,9 +482,13 @@ class _H2Protocol(asyncio.Protocol):
         core = self.core
         assert core is not None and st.response is not None
         resp = st.response
-        if isinstance(resp.body, bytes):
-            st.body_bytes = resp.body
-        st.body_len = resp.length
+        if st.method == "HEAD":  # headers (content-length included) but never a body
+            st.body_bytes = b""
+            st.body_len = 0
+        else:
+            if isinstance(resp.body, bytes):
+                st.body_bytes = resp.body
+            st.body_len = resp.length
         body_faults = self.server.faults.by_moment["response_body"]
         if body_faults:
             st.body_faults = [(fid, f) for fid, f in body_faults
@@ -985,7 +1008,10 @@ class _H1Protocol(asyncio.Protocol):
         headers = [(k, v) for k, v in resp.headers if k != b"content-length"]
         headers.append((b"content-length", str(resp.length).encode()))
         out = [self.conn.send(h11.Response(status_code=resp.status, headers=headers)) or b""]
-        if isinstance(resp.body, Body):
+        head = self.request is not None and self.request.method == b"HEAD"
+        if head:
+            pass
+        elif isinstance(resp.body, Body):
             for chunk in resp.body.chunks(_MAX_CHUNK):
                 out.append(self.conn.send(h11.Data(data=chunk)) or b"")
         elif resp.body:

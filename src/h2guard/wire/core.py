@@ -35,6 +35,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.exceptions
 from h2.connection import ConnectionInputs, ConnectionState
 
 from h2guard.wire.events import (
@@ -64,6 +65,8 @@ _MCS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 _GOAWAY_TYPE = 0x7
 _REFUSED = 0x7
 _PROTOCOL_ERROR = 0x1
+_FRAME_SIZE_ERROR = 0x6
+_COMPRESSION_ERROR = 0x9
 
 
 def _draining_table() -> dict[Any, Any]:
@@ -85,7 +88,7 @@ class _UnenforcedLimit(h2.settings.Settings):
     h2 answers one stream too many with a connection error; the core answers it with
     RST_STREAM REFUSED_STREAM instead, so h2 must not see the limit when it checks."""
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[misc]
     def max_concurrent_streams(self) -> int:
         return 2**32 + 1
 
@@ -138,7 +141,7 @@ class H2Core:
             normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config=config)
-        conn.state_machine._transitions = _DRAINING_TRANSITIONS  # type: ignore[misc]
+        conn.state_machine._transitions = _DRAINING_TRANSITIONS
         conn.decoder.max_header_list_size = max_header_list_size
         self._conn = conn
         self.client = client
@@ -214,6 +217,8 @@ class H2Core:
             data = data[self._preface_left :]
             self._preface_left -= len(head)
             if not self._feed(head, events):
+                # h2 checks the preface outside its own error handling: no GOAWAY was queued.
+                self._conn_terminate(_PROTOCOL_ERROR)
                 return events
         buf = self._buf + data if self._buf else data
         pos = 0
@@ -223,8 +228,10 @@ class H2Core:
         while end - pos >= 9:
             length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
             if length > max_len:
-                # Let h2 judge the oversize frame from its header: FRAME_SIZE_ERROR.
-                self._feed(buf[pos : pos + 9], events)
+                # h2 checks a frame's length only once the whole frame is in: fail it now.
+                self._conn_terminate(_FRAME_SIZE_ERROR)
+                self._fail(_FRAME_SIZE_ERROR, f"FrameTooLargeError: frame of {length} bytes, "
+                           f"max {max_len}", events)
                 self._buf = b""
                 return events
             stop = pos + 9 + length
@@ -252,6 +259,13 @@ class H2Core:
             h2_events = self._conn.receive_data(chunk)
         except h2.exceptions.ProtocolError as exc:
             code = int(getattr(exc, "error_code", _PROTOCOL_ERROR) or _PROTOCOL_ERROR)
+            if isinstance(exc, h2.exceptions.DenialOfServiceError):
+                # A header block above max_header_list_size: h2 says ENHANCE_YOUR_CALM;
+                # oversize headers get PROTOCOL_ERROR (see the module docstring).
+                code = self._replace_h2_goaway(_PROTOCOL_ERROR)
+            elif isinstance(exc.__cause__, hpack.exceptions.HPACKError):
+                # h2 says PROTOCOL_ERROR; RFC 9113 section 4.3 says COMPRESSION_ERROR.
+                code = self._replace_h2_goaway(_COMPRESSION_ERROR)
             self._fail(code, f"{type(exc).__name__}: {exc}", events)
             return False
         except Exception as exc:  # h2/hpack bugs must not take the owner down
@@ -261,6 +275,17 @@ class H2Core:
         if h2_events:
             self._translate(h2_events, events, now)
         return True
+
+    def _replace_h2_goaway(self, code: int) -> int:
+        """Swap the bare GOAWAY h2 queued last (17 bytes, no debug data) for one with ``code``."""
+        data = self._conn.data_to_send()
+        if len(data) >= 17 and data[-17:-13] == b"\x00\x00\x08\x07" \
+                and data[-13:-9] == b"\x00\x00\x00\x00":
+            data = data[:-17]
+        if data:
+            self._out.append(data)
+        self._conn_terminate(code)
+        return code
 
     def _conn_terminate(self, code: int) -> None:
         try:
