@@ -69,6 +69,13 @@ def chaos_serve(
     control_port: Annotated[int | None, typer.Option(
         help="Serve the HTTP control API (faults, ledger, events, /metrics) on this port.")]
     = None,
+    control_host: Annotated[str, typer.Option(
+        help="Address of the control API; a non-loopback one needs --allow-remote-control.")]
+    = "127.0.0.1",
+    allow_remote_control: Annotated[bool, typer.Option(
+        "--allow-remote-control",
+        help="Let the control API listen beyond loopback (anyone who reaches it can change "
+             "faults).")] = False,
     cert: Annotated[Path | None, typer.Option(help="Your TLS certificate (PEM).")] = None,
     key: Annotated[Path | None, typer.Option(help="Your TLS private key (PEM).")] = None,
     ca_dir: Annotated[Path | None, typer.Option(
@@ -100,7 +107,8 @@ def chaos_serve(
     config = ServerConfig(host=host, port=port, h2c=h2c, time_scale=time_scale, seed=seed,
                           certfile=str(cert) if cert else None,
                           keyfile=str(key) if key else None, upstream=upstream,
-                          control_port=control_port,
+                          control_port=control_port, control_host=control_host,
+                          control_allow_remote=allow_remote_control,
                           ca_dir=str(ca_dir) if ca_dir else None)
     code = run(RunOptions(scenario=chosen, config=config, events_path=events, quiet=quiet,
                           duration=duration))

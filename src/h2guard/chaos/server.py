@@ -79,6 +79,7 @@ class ServerConfig:
     upstream: str | None = None
     control_host: str = "127.0.0.1"
     control_port: int | None = None
+    control_allow_remote: bool = False
     max_header_list_size: int = 65536
     validate_headers: bool = True
     ca_dir: str | None = None
@@ -157,6 +158,8 @@ class _H2Protocol(asyncio.Protocol):
         self.closing = False
         self.blackholed = False
         self.final_goaway = False
+        self.hold_open = False  # a drain or a close_after timer ends the connection, not us
+        self.handling = False  # inside _handle: close only once the whole batch is handled
         self.sniffing = False
         self.h1: _H1Protocol | None = None
         self.peer = ""
@@ -190,9 +193,17 @@ class _H2Protocol(asyncio.Protocol):
         core = self.core
         assert core is not None
         events = core.receive(data, self.loop.time())
+        quiet = self.last_sent
         if events:
-            self._handle(events)
+            self.handling = True
+            try:
+                self._handle(events)
+            finally:
+                self.handling = False
+            self._maybe_finish()
         self._flush()
+        if events and all(type(ev) is PingReceived for ev in events):
+            self.last_sent = quiet  # a PING ACK is not activity (idle ping_resets=false)
 
     def eof_received(self) -> bool | None:
         return False
@@ -328,6 +339,12 @@ class _H2Protocol(asyncio.Protocol):
     def _on_request(self, ev: RequestReceived) -> None:
         core = self.core
         assert core is not None
+        if core.goaway_sent is not None and ev.stream_id > core.goaway_sent:
+            # read in the same batch as the stream whose fault sent the GOAWAY: the core
+            # accepted it before the GOAWAY existed, but it must not reach the app
+            core.reset_stream(ev.stream_id, 0x7)
+            self._on_refused(StreamRefused(ev.stream_id, "after_goaway"))
+            return
         self.requests += 1
         self.server.requests += 1
         method = path = ""
@@ -687,6 +704,7 @@ class _H2Protocol(asyncio.Protocol):
                              last_stream_id=MAX_STREAM_ID)
             core.goaway(code=fault.code, last_stream_id=MAX_STREAM_ID, debug=fault.debug)
             self.final_goaway = True  # no other GOAWAY fault while draining
+            self.hold_open = True  # and no close before the final GOAWAY
 
             def second() -> None:
                 if self.closing or self.core is None:
@@ -731,6 +749,7 @@ class _H2Protocol(asyncio.Protocol):
         assert core is not None
         core.goaway(code=code, last_stream_id=last, debug=debug)
         self.final_goaway = True
+        self.hold_open = close_after is not None  # FIN at close_after, not when streams end
         if close_after is not None:
             self._later(self.server.faults.scaled(close_after), self._close, "fin")
 
@@ -877,6 +896,7 @@ class _H2Protocol(asyncio.Protocol):
         """After the final GOAWAY, close once the last stream at or below its id ended."""
         core = self.core
         if (self.final_goaway and core is not None and not self.closing
+                and not self.hold_open and not self.handling
                 and not self.streams and core.open_streams == 0):
             self._flush()
             self._close("fin")
@@ -1106,7 +1126,8 @@ class ChaosServer:
 
             try:
                 self.control = await start_control(self, host=cfg.control_host,
-                                                   port=cfg.control_port)
+                                                   port=cfg.control_port,
+                                                   allow_remote=cfg.control_allow_remote)
             except BaseException:  # e.g. a non-loopback host or a busy port: do not leak
                 await self.stop()
                 raise

@@ -1,0 +1,200 @@
+"""Prometheus metrics: a view of events, never a separate code path (DESIGN.md, principle 6).
+
+``prometheus-client`` is an optional extra (``pip install 'h2guard[metrics]'``). It is imported
+only when a metrics object is built; without it that raises :class:`RuntimeError` with the
+install hint (:data:`INSTALL_HINT`), so everything else in h2guard works without it.
+
+Every metrics object owns its own ``CollectorRegistry``: several chaos servers (or clients) in
+one process never collide on metric names, and nothing leaks into the process-global default
+registry. :class:`EventMetrics` is the generic part: a registry, helpers to declare counters and
+gauges on it, and a table of event-name handlers fed by :meth:`EventMetrics.attach`.
+:class:`ChaosMetrics` declares the chaos server's metrics::
+
+    h2guard_chaos_faults_total{code,kind}     one per ``chaos.fault`` event (code "" when None)
+    h2guard_chaos_connections_total           ``chaos.connection.opened`` events
+    h2guard_chaos_open_connections            opened minus closed, by connection id
+    h2guard_chaos_client_resets_total{code}   RST_STREAM received from clients
+    h2guard_chaos_ledger_effects_total        the ledger's effect count, read when scraped
+    h2guard_chaos_ledger_duplicate_keys       idempotency keys with more than one effect
+
+Usage::
+
+    metrics = ChaosMetrics(server.events, ledger_effects=lambda: server.ledger.total)
+    body, content_type = metrics.render()
+
+The client side can subclass :class:`EventMetrics` the same way (``counter(...)`` in
+``__init__``, ``self.on("client.stream.reset", handler)``) for series such as
+``h2guard_stream_resets_total{code,origin}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from h2guard.events import Event, EventLog
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["INSTALL_HINT", "ChaosMetrics", "EventMetrics", "metrics_available"]
+
+INSTALL_HINT = ("prometheus-client is not installed; install h2guard[metrics] "
+                "(pip install 'h2guard[metrics]') to export Prometheus metrics")
+
+EventHandler = Callable[[Event], None]
+
+
+def metrics_available() -> bool:
+    """Whether ``prometheus-client`` can be imported."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(INSTALL_HINT) from exc
+
+
+class EventMetrics:
+    """A private Prometheus registry fed by one or more event logs.
+
+    Subclasses declare their metrics with :meth:`counter` / :meth:`gauge` and map event names to
+    handlers with :meth:`on`. A handler that raises is dropped by the :class:`EventLog` (a
+    broken metric never breaks serving), as for any hook.
+    """
+
+    def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        _require()
+        from prometheus_client import CollectorRegistry
+
+        self.registry: CollectorRegistry = registry if registry is not None \
+            else CollectorRegistry(auto_describe=True)
+        self._handlers: dict[str, list[EventHandler]] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------ declaring
+
+    def counter(self, name: str, documentation: str,
+                labels: Sequence[str] = ()) -> Counter:
+        """A counter on this registry. Label names are sorted, so the exposition is canonical
+        whatever order they are declared in. (``prometheus-client`` appends ``_total``.)"""
+        from prometheus_client import Counter
+
+        return Counter(name, documentation, sorted(labels), registry=self.registry)
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = (), *,
+              function: Callable[[], float] | None = None) -> Gauge:
+        """A gauge on this registry; with ``function`` (no labels) its value is read from the
+        callback at every scrape."""
+        from prometheus_client import Gauge
+
+        if function is not None and labels:
+            raise ValueError("a gauge read from a callback cannot have labels")
+        gauge = Gauge(name, documentation, sorted(labels), registry=self.registry)
+        if function is not None:
+            gauge.set_function(function)
+        return gauge
+
+    def on(self, name: str, handler: EventHandler) -> None:
+        """Call ``handler`` for every event named exactly ``name``."""
+        self._handlers.setdefault(name, []).append(handler)
+
+    # ------------------------------------------------------------ feeding
+
+    def handle(self, event: Event) -> None:
+        """Update the metrics from one event (the hook :meth:`attach` subscribes)."""
+        for handler in self._handlers.get(event.name, ()):
+            handler(event)
+
+    __call__ = handle
+
+    def attach(self, events: EventLog, *, replay: bool = True) -> None:
+        """Follow ``events`` from now on; with ``replay``, first count the events it still holds
+        (so metrics created after a server started agree with its log)."""
+        if replay:
+            self.feed(events)
+        self._unsubscribe.append(events.subscribe(self.handle))
+
+    def feed(self, events: Iterable[Event]) -> None:
+        """Count past events (a log, or any iterable of events)."""
+        for event in events:
+            self.handle(event)
+
+    def detach(self) -> None:
+        """Stop following every attached log."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
+
+    # ------------------------------------------------------------ exposing
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of this registry: ``(body, content_type)``."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ChaosMetrics(EventMetrics):
+    """The chaos server's metrics, derived from its :class:`EventLog`.
+
+    ``ledger_effects`` / ``ledger_duplicates`` are callbacks read at scrape time (the ledger is
+    state, not events). ``events=None`` builds an unattached instance: call :meth:`attach`.
+    """
+
+    def __init__(self, events: EventLog | None = None, *,
+                 ledger_effects: Callable[[], float] | None = None,
+                 ledger_duplicates: Callable[[], float] | None = None,
+                 registry: CollectorRegistry | None = None, replay: bool = True) -> None:
+        super().__init__(registry=registry)
+        self._open: set[object] = set()
+        self.faults = self.counter(
+            "h2guard_chaos_faults", "Faults injected by the chaos server, by kind and error code.",
+            ("kind", "code"))
+        self.connections = self.counter(
+            "h2guard_chaos_connections", "Connections accepted by the chaos server.")
+        self.open_connections = self.gauge(
+            "h2guard_chaos_open_connections", "Connections currently open on the chaos server.",
+            function=lambda: float(len(self._open)))
+        self.client_resets = self.counter(
+            "h2guard_chaos_client_resets", "RST_STREAM frames received from clients, by code.",
+            ("code",))
+        if ledger_effects is not None:
+            self.gauge("h2guard_chaos_ledger_effects_total",
+                       "Side effects recorded in the ledger (POST /orders) since its last reset.",
+                       function=ledger_effects)
+        if ledger_duplicates is not None:
+            self.gauge("h2guard_chaos_ledger_duplicate_keys",
+                       "Idempotency keys with more than one effect in the ledger.",
+                       function=ledger_duplicates)
+        self.on("chaos.fault", self._on_fault)
+        self.on("chaos.connection.opened", self._on_opened)
+        self.on("chaos.connection.closed", self._on_closed)
+        self.on("chaos.stream.reset_by_client", self._on_client_reset)
+        if events is not None:
+            self.attach(events, replay=replay)
+
+    def _on_fault(self, event: Event) -> None:
+        code = event.data.get("code")
+        kind = event.data.get("kind")
+        self.faults.labels(kind="" if kind is None else str(kind),
+                           code="" if code is None else str(code)).inc()
+
+    def _on_opened(self, event: Event) -> None:
+        self.connections.inc()
+        self._open.add(event.data.get("connection", event.seq))
+
+    def _on_closed(self, event: Event) -> None:
+        # keyed by connection id: a "closed" without an "opened" (a socket that never spoke)
+        # cannot drive the gauge below zero
+        self._open.discard(event.data.get("connection"))
+
+    def _on_client_reset(self, event: Event) -> None:
+        code = event.data.get("code")
+        self.client_resets.labels(code="" if code is None else str(code)).inc()
