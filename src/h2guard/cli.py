@@ -30,7 +30,7 @@ _err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[red]error:[/] {message}")
+    _err.print(f"[red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 

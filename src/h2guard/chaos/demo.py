@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -106,7 +107,8 @@ async def _drive(case: DemoCase, server: ChaosServer, progress: Progress) -> Cou
     total = case.waves * case.per_wave
     task = progress.add_task(case.title, total=total)
     limits = httpx.Limits(max_connections=case.concurrency)
-    async with httpx.AsyncClient(http2=True, verify=server.ca_file or True, limits=limits,
+    verify = ssl.create_default_context(cafile=server.ca_file) if server.ca_file else True
+    async with httpx.AsyncClient(http2=True, verify=verify, limits=limits,
                                  timeout=10.0) as client:
         sem = asyncio.Semaphore(case.concurrency)
 

@@ -73,10 +73,10 @@ async def _main(options: RunOptions) -> int:
         await server.start()
     except OSError as exc:
         err.print(f"[red]error:[/] cannot listen on {options.config.host}:"
-                  f"{options.config.port}: {exc.strerror or exc}")
+                  f"{options.config.port}: {exc.strerror or exc}", soft_wrap=True)
         return 1
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         return 2
     print(server.url, flush=True)
     if options.events_path and options.events_path != "-":

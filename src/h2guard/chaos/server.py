@@ -161,6 +161,7 @@ class _H2Protocol(asyncio.Protocol):
         self.hold_open = False  # a drain or a close_after timer ends the connection, not us
         self.handling = False  # inside _handle: close only once the whole batch is handled
         self.sniffing = False
+        self.sniffed = b""
         self.h1: _H1Protocol | None = None
         self.peer = ""
 
@@ -185,7 +186,12 @@ class _H2Protocol(asyncio.Protocol):
         if self.blackholed:
             return
         if self.sniffing:
+            data = self.sniffed + data
+            if len(data) < 8 and _undecided(data):
+                self.sniffed = data  # "G" could be HTTP/1.1 or garbage: wait for more
+                return
             self.sniffing = False
+            self.sniffed = b""
             if not PREFACE.startswith(data[: len(PREFACE)]) and _looks_like_http1(data):
                 self._switch_to_h1(data)
                 return
@@ -553,6 +559,8 @@ class _H2Protocol(asyncio.Protocol):
             nxt = self._next_threshold(st)
             if nxt is not None and nxt > st.sent:
                 size = min(size, nxt - st.sent)
+            if st.delay_ready:  # a paced body: one DATA frame (16384 always fits) per delay
+                size = min(size, 16384)
             if st.body_bytes is not None:
                 chunk = st.body_bytes[st.sent : st.sent + size]
             else:
@@ -757,6 +765,10 @@ class _H2Protocol(asyncio.Protocol):
         """Send DATA beyond the client's window, bypassing h2: the client must detect it."""
         core = self.core
         assert core is not None
+        if st.step < _RESP_HEADERS:
+            # DATA before HEADERS is malformed (a PROTOCOL_ERROR to the client): send bare
+            # HEADERS (no content-length) so the window is all the client can object to
+            core.send_headers(st.sid, [(b":status", b"200")])
         window = core.window(st.sid)
         frame_max = 16384
         payload = b"\0" * frame_max
@@ -1059,10 +1071,18 @@ class _H1Protocol(asyncio.Protocol):
             self.transport.write(data)
 
 
+_HTTP1_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ",
+                  b"CONNECT ", b"TRACE ")
+
+
 def _looks_like_http1(data: bytes) -> bool:
     head = data[:8]
-    return any(head.startswith(m) for m in (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ",
-                                            b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "))
+    return any(head.startswith(m) for m in _HTTP1_METHODS)
+
+
+def _undecided(data: bytes) -> bool:
+    """A first read too short to tell an HTTP/2 preface from an HTTP/1.1 request line."""
+    return PREFACE.startswith(data) or any(m.startswith(data) for m in _HTTP1_METHODS)
 
 
 def _error_response(status: int, exc: BaseException) -> Response:
