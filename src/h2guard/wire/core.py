@@ -71,7 +71,10 @@ _COMPRESSION_ERROR = 0x9
 
 def _draining_table() -> dict[Any, Any]:
     table: dict[Any, Any] = dict(h2.connection.H2ConnectionStateMachine._transitions)
-    for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN):
+    # IDLE too: a connection that never carried a stream (a client closing an unused
+    # connection, an idle timeout) must still answer PING and refuse late streams.
+    for state in (ConnectionState.IDLE, ConnectionState.CLIENT_OPEN,
+                  ConnectionState.SERVER_OPEN):
         for goaway in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY):
             if (state, goaway) not in table:  # pragma: no cover - h2 changed shape
                 raise RuntimeError("unsupported h2 version: GOAWAY transitions not found")
@@ -107,6 +110,7 @@ class H2Core:
         "_conn",
         "_initial_window_target",
         "_out",
+        "_pending_acks",
         "_pings",
         "_preface_left",
         "_stream_limit",
@@ -163,6 +167,7 @@ class H2Core:
         self._streams: dict[int, list[bool]] = {}  # id -> [recv_closed, send_closed]
         self._closed_streams = 0
         self._withheld: dict[int, int] = {}
+        self._pending_acks: list[tuple[int, int]] = []
         self._pings: dict[bytes, float] = {}
         self.auto_ack = True
         self.closed = False
@@ -188,6 +193,8 @@ class H2Core:
 
     def data_to_send(self) -> bytes:
         """Every byte queued since the last call, in order."""
+        if self._pending_acks:
+            self._settle_acks()
         self._flush()
         if not self._out:
             return b""
@@ -327,7 +334,7 @@ class H2Core:
                     if state is None:
                         self._ack(sid, length, known=False)
                     elif self.auto_ack and sid not in self._withheld:
-                        self._ack(sid, length)
+                        self._pending_acks.append((sid, length))  # see _settle_acks
                     else:
                         self._withheld[sid] = self._withheld.get(sid, 0) + length
                 if state is None:
@@ -417,6 +424,17 @@ class H2Core:
             self._conn.increment_flow_control_window(length)
         except h2.exceptions.ProtocolError:  # pragma: no cover - connection already gone
             pass
+
+    def _settle_acks(self) -> None:
+        """Acknowledge the DATA received since the last :meth:`data_to_send`, except on streams
+        the owner started to withhold meanwhile: it decides that from the very events that
+        carried the first DATA (request HEADERS and body read in one chunk)."""
+        pending, self._pending_acks = self._pending_acks, []
+        for sid, length in pending:
+            if sid in self._withheld:
+                self._withheld[sid] += length
+            else:
+                self._ack(sid, length)
 
     def _maybe_close(self, stream_id: int, state: list[bool]) -> None:
         if state[0] and state[1]:
