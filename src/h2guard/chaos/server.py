@@ -779,6 +779,7 @@ class _H2Protocol(asyncio.Protocol):
                           + struct.pack(">I", st.sid) + payload)
             total += frame_max
         core.write_raw(b"".join(frames))
+        self.streams.pop(st.sid, None)
         self._kill(st)
         self._later(self.server.faults.scaled(1.0), self._close, "fin")
 
@@ -830,7 +831,7 @@ class _H2Protocol(asyncio.Protocol):
             self._schedule_idle(last + limit - now)
             return
         self.server.events.emit("chaos.fault", connection=self.cid, stream=0,
-                                kind="idle_timeout", code="NO_ERROR"
+                                kind="idle_timeout", code=code_name(fault.code)
                                 if fault.action == "goaway" else None,
                                 moment="idle", action=fault.action, seconds=limit)
         self.server._count_fault("idle_timeout", fault.action)

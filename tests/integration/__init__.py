@@ -1,0 +1,1 @@
+"""Integration tests: h2guard against h2guard over loopback."""
