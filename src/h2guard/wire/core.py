@@ -36,6 +36,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hpack.exceptions
+import hyperframe.frame
 from h2.connection import ConnectionInputs, ConnectionState
 
 from h2guard.wire.events import (
@@ -63,6 +64,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_STREAM_ID = 2**31 - 1
 _MCS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 _GOAWAY_TYPE = 0x7
+_PingFrame = hyperframe.frame.PingFrame
+_GoAwayFrame = hyperframe.frame.GoAwayFrame
 _REFUSED = 0x7
 _PROTOCOL_ERROR = 0x1
 _FRAME_SIZE_ERROR = 0x6
@@ -105,14 +108,12 @@ class H2Core:
     """
 
     __slots__ = (
-        "_buf",
         "_closed_streams",
         "_conn",
         "_initial_window_target",
         "_out",
         "_pending_acks",
         "_pings",
-        "_preface_left",
         "_stream_limit",
         "_streams",
         "_withheld",
@@ -162,8 +163,6 @@ class H2Core:
         self._stream_limit: int | None = None if client else initial[_MCS]
         self._initial_window_target = connection_window
         self._out: list[bytes] = []
-        self._buf = b""
-        self._preface_left = 0 if client else len(PREFACE)
         self._streams: dict[int, list[bool]] = {}  # id -> [recv_closed, send_closed]
         self._closed_streams = 0
         self._withheld: dict[int, int] = {}
@@ -215,84 +214,74 @@ class H2Core:
     # ------------------------------------------------------------------ input
 
     def receive(self, data: bytes, now: float) -> list[Event]:
-        """Feed bytes read from the peer; return what they meant. Never raises for peer input."""
+        """Feed bytes read from the peer; return what they meant. Never raises for peer input.
+
+        h2 parses the frames (its frame buffer also joins CONTINUATION blocks), but the core
+        hands them to h2's per-frame handler one at a time, so a frame that raises costs only
+        its own events, and the error code sent in GOAWAY is the core's choice."""
         if self.closed or not data:
             return []
         events: list[Event] = []
-        if self._preface_left:
-            head = data[: self._preface_left]
-            data = data[self._preface_left :]
-            self._preface_left -= len(head)
-            if not self._feed(head, events):
-                # h2 checks the preface outside its own error handling: no GOAWAY was queued.
-                self._conn_terminate(_PROTOCOL_ERROR)
-                return events
-        buf = self._buf + data if self._buf else data
-        pos = 0
-        end = len(buf)
-        max_len = self._conn.max_inbound_frame_size
-        got_frame = False
-        while end - pos >= 9:
-            length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
-            if length > max_len:
-                # h2 checks a frame's length only once the whole frame is in: fail it now.
-                self._conn_terminate(_FRAME_SIZE_ERROR)
-                self._fail(_FRAME_SIZE_ERROR, f"FrameTooLargeError: frame of {length} bytes, "
-                           f"max {max_len}", events)
-                self._buf = b""
-                return events
-            stop = pos + 9 + length
-            if stop > end:
+        conn = self._conn
+        frames = conn.incoming_buffer
+        try:
+            frames.add_data(data)
+        except h2.exceptions.ProtocolError as exc:  # a bad preface: h2 queues no GOAWAY here
+            self._terminate(_PROTOCOL_ERROR, exc, events)
+            return events
+        frames.max_frame_size = conn.max_inbound_frame_size
+        handle = conn._receive_frame
+        translate = self._translate
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
                 break
-            ftype = buf[pos + 3]
-            got_frame = True
-            if ftype == 0x6:  # PING: maybe it should not count as activity
-                self.last_frame_at = now
+            except Exception as exc:  # framing: size, CONTINUATION, padding (not an h2 error)
+                self._terminate(self._code_for(exc), exc, events)
+                return events
+            kind = type(frame)
+            if kind is _PingFrame:
+                self.last_frame_at = now  # a PING may not count as activity (AWS ALB)
             else:
                 self.last_frame_at = self.last_nonping_at = now
-            if ftype == _GOAWAY_TYPE:
-                self._flush()  # h2 clears its outbound buffer on GOAWAY: keep what it had
-            if not self._feed(buf[pos:stop], events, now):
-                self._buf = b""
+                if kind is _GoAwayFrame:
+                    self._flush()  # h2 clears its outbound buffer on GOAWAY: keep what it had
+            try:
+                h2_events = handle(frame)
+            except Exception as exc:
+                self._terminate(self._code_for(exc), exc, events)
                 return events
-            pos = stop
-        self._buf = buf[pos:] if pos < end else b""
-        if not got_frame and self._buf and len(self._buf) > 9 + max_len:  # pragma: no cover
-            self._buf = b""
+            if h2_events:
+                translate(h2_events, events, now)
+        pending = frames._data
+        if len(pending) >= 9:
+            length = int.from_bytes(pending[:3], "big")
+            if length > frames.max_frame_size:
+                # h2 judges a frame's length only once all of it arrived: fail it now,
+                # instead of buffering up to 16 MiB of a frame that is an error anyway.
+                self._terminate(_FRAME_SIZE_ERROR, h2.exceptions.FrameTooLargeError(
+                    f"frame of {length} bytes, SETTINGS_MAX_FRAME_SIZE is "
+                    f"{frames.max_frame_size}"), events)
         return events
 
-    def _feed(self, chunk: bytes, events: list[Event], now: float = 0.0) -> bool:
-        try:
-            h2_events = self._conn.receive_data(chunk)
-        except h2.exceptions.ProtocolError as exc:
-            code = int(getattr(exc, "error_code", _PROTOCOL_ERROR) or _PROTOCOL_ERROR)
-            if isinstance(exc, h2.exceptions.DenialOfServiceError):
-                # A header block above max_header_list_size: h2 says ENHANCE_YOUR_CALM;
-                # oversize headers get PROTOCOL_ERROR (see the module docstring).
-                code = self._replace_h2_goaway(_PROTOCOL_ERROR)
-            elif isinstance(exc.__cause__, hpack.exceptions.HPACKError):
-                # h2 says PROTOCOL_ERROR; RFC 9113 section 4.3 says COMPRESSION_ERROR.
-                code = self._replace_h2_goaway(_COMPRESSION_ERROR)
-            self._fail(code, f"{type(exc).__name__}: {exc}", events)
-            return False
-        except Exception as exc:  # h2/hpack bugs must not take the owner down
-            self._conn_terminate(_PROTOCOL_ERROR)
-            self._fail(_PROTOCOL_ERROR, f"{type(exc).__name__}: {exc}", events)
-            return False
-        if h2_events:
-            self._translate(h2_events, events, now)
-        return True
+    @staticmethod
+    def _code_for(exc: Exception) -> int:
+        """The GOAWAY code for a connection error h2 raised."""
+        if isinstance(exc, h2.exceptions.DenialOfServiceError):
+            # A header block above max_header_list_size: h2 would say ENHANCE_YOUR_CALM;
+            # oversize headers get PROTOCOL_ERROR (see the module docstring).
+            return _PROTOCOL_ERROR
+        if isinstance(exc.__cause__, hpack.exceptions.HPACKError):
+            return _COMPRESSION_ERROR  # RFC 9113 section 4.3; h2 would say PROTOCOL_ERROR
+        if isinstance(exc, h2.exceptions.ProtocolError):
+            return int(getattr(exc, "error_code", _PROTOCOL_ERROR) or _PROTOCOL_ERROR)
+        return _PROTOCOL_ERROR
 
-    def _replace_h2_goaway(self, code: int) -> int:
-        """Swap the bare GOAWAY h2 queued last (17 bytes, no debug data) for one with ``code``."""
-        data = self._conn.data_to_send()
-        if len(data) >= 17 and data[-17:-13] == b"\x00\x00\x08\x07" \
-                and data[-13:-9] == b"\x00\x00\x00\x00":
-            data = data[:-17]
-        if data:
-            self._out.append(data)
+    def _terminate(self, code: int, exc: Exception, events: list[Event]) -> None:
+        """Queue GOAWAY(code) and close the core, keeping the events gathered so far."""
         self._conn_terminate(code)
-        return code
+        self._fail(code, f"{type(exc).__name__}: {exc}", events)
 
     def _conn_terminate(self, code: int) -> None:
         try:
