@@ -67,13 +67,24 @@ class Body:
 
 @dataclass(slots=True)
 class Response:
+    """A response; treat it as immutable: the app hands the same object to many requests."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes | Body = b""
+    _wire: list[tuple[bytes, bytes]] | None = None
 
     @property
     def length(self) -> int:
         return self.body.length if isinstance(self.body, Body) else len(self.body)
+
+    @property
+    def h2_headers(self) -> list[tuple[bytes, bytes]]:
+        """``:status`` and the headers, built once."""
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = [(b":status", str(self.status).encode()), *self.headers]
+        return wire
 
 
 @dataclass(slots=True)
@@ -112,9 +123,24 @@ class App:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        self._static: dict[str, Response] = {}
 
     def __call__(self, req: Request) -> Response | Deferred:
+        if req.method == "GET":
+            cached = self._static.get(req.path)
+            if cached is not None:
+                return cached
         method, path = req.method, req.path.split("?", 1)[0]
+        if method == "GET" and (path.startswith(("/bytes/", "/status/"))):
+            # pure functions of the path: build once, serve the same object again
+            response = self._route(req, method, path)
+            if isinstance(response, Response) and len(self._static) < 4096 and \
+                    not isinstance(response.body, Body):
+                self._static[req.path] = response
+            return response
+        return self._route(req, method, path)
+
+    def _route(self, req: Request, method: str, path: str) -> Response | Deferred:
         if path == "/echo":
             if method in ("POST", "PUT", "PATCH"):
                 ctype = req.header(b"content-type") or "application/octet-stream"
@@ -131,8 +157,9 @@ class App:
             n = _int(path[7:])
             if n is None or not 0 <= n <= MAX_BYTES:
                 return _text(400, f"/bytes/N takes N from 0 to {MAX_BYTES}\n")
+            body: bytes | Body = _BLOCK[:n] if n <= len(_BLOCK) else Body(n)
             return Response(200, [(b"content-type", b"application/octet-stream"),
-                                  (b"content-length", str(n).encode())], Body(n))
+                                  (b"content-length", str(n).encode())], body)
         if path.startswith("/delay/"):
             ms = _int(path[7:])
             if ms is None or not 0 <= ms <= MAX_DELAY_MS:

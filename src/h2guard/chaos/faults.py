@@ -73,6 +73,7 @@ class FaultSet:
         self.max_age: MaxAge | None = None
         self.stream_limit: MaxConcurrentStreams | None = None
         self.request_cap: RequestCap | None = None
+        self.quiet = True  # no per-stream fault: the server may skip the step machine
         for fault in scenario.faults:
             self.add(fault)
 
@@ -130,6 +131,7 @@ class FaultSet:
             elif isinstance(fault, RequestCap):
                 cap = fault
         self.by_moment = by_moment
+        self.quiet = not any(by_moment.values())
         self.idle, self.max_age, self.stream_limit, self.request_cap = idle, max_age, limit, cap
 
     # ------------------------------------------------------------ deciding

@@ -378,6 +378,9 @@ class _H2Protocol(asyncio.Protocol):
                 and limit.lower_after_requests is not None
                 and self.requests == limit.lower_after_requests):
             self._lower_limit()
+        if st.ended and faults.quiet and self.server.upstream is None:
+            self._serve_quietly(st)
+            return
         if faults.by_moment["request_headers"]:
             result = self._run_moment(st, "request_headers")
             if result == _STOP:
@@ -482,6 +485,26 @@ class _H2Protocol(asyncio.Protocol):
             else:  # _WAIT_END
                 return
 
+    def _serve_quietly(self, st: _Stream) -> None:
+        """The hot path: no stream fault is configured and the request has no body, so the
+        step machine has nothing to decide; answer at once (a deferred app still waits)."""
+        out = self.server.app(Request(st.method, st.path, st.headers, b"", st.sid, self.cid))
+        if isinstance(out, Deferred):
+            st.step = _APP_WAIT
+            st.response = out.response
+            st.timer = self._later(out.delay, self._resume_app, st)
+            return
+        st.response = out
+        self._send_headers(st)
+        if st.dead:
+            return
+        if not st.end_after_headers:
+            st.step = _BODY
+            if not self._send_body(st):
+                return  # the window is short: _advance resumes at _BODY
+        self.streams.pop(st.sid, None)
+        st.dead = True
+
     def _resume_app(self, st: _Stream) -> None:
         st.timer = None
         if st.dead:
@@ -518,8 +541,7 @@ class _H2Protocol(asyncio.Protocol):
                               if self.server.faults.fires(fid, f.when, st.info)]
         end = st.body_len == 0 and not st.body_faults and not \
             self.server.faults.by_moment["response_headers"]
-        headers = [(b":status", str(resp.status).encode()), *resp.headers]
-        if not core.send_headers(st.sid, headers, end_stream=end):
+        if not core.send_headers(st.sid, resp.h2_headers, end_stream=end):
             self._kill(st)
             return
         st.end_after_headers = end
