@@ -3,8 +3,8 @@
 Both servers run as subprocesses on this machine, with the same event loop (uvloop when
 installed), the same h2 configuration and the same response (``GET /bytes/16``); h2load drives
 each in alternating rounds so that machine noise hits both alike. Prints one JSON object:
-req/s per round, the medians and the ratio chaos / bare (target >= 0.9; above 1.0 is the
-stretch). Never asserts on time: it reports.
+req/s per round, the medians and the ratio chaos / bare (the median of per-round ratios)
+(target >= 0.9; above 1.0 is the stretch). Never asserts on time: it reports.
 
     python benchmarks/chaos_throughput.py [--requests 50000] [--clients 1] [--streams 50]
 """
@@ -57,10 +57,10 @@ def _h2load(url: str, *, requests: int, clients: int, streams: int) -> dict[str,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         print(json.dumps({"error": "h2load not found: apt-get install nghttp2-client "
@@ -99,7 +99,11 @@ def main() -> int:
                 proc.kill()
     medians = {name: statistics.median(r["req_per_s"] for r in rs)
                for name, rs in rounds.items()}
-    ratio = medians["chaos_serve"] / medians["bare_h2_loop"]
+    # Each round runs the two servers back to back, so a round's ratio shares its noise
+    # (this machine's speed drifts by 10-20% over minutes); the headline is their median.
+    per_round = [c["req_per_s"] / b["req_per_s"]
+                 for b, c in zip(rounds["bare_h2_loop"], rounds["chaos_serve"], strict=True)]
+    ratio = statistics.median(per_round)
     print(json.dumps({
         "benchmark": "chaos_throughput",
         "load": {"tool": "h2load", "requests": args.requests, "clients": args.clients,
@@ -109,6 +113,8 @@ def main() -> int:
         "req_per_s": {name: [r["req_per_s"] for r in rs] for name, rs in rounds.items()},
         "failed": {name: sum(int(r["failed"]) for r in rs) for name, rs in rounds.items()},
         "median_req_per_s": medians,
+        "ratio_per_round": [round(r, 3) for r in per_round],
+        "ratio_of_medians": round(medians["chaos_serve"] / medians["bare_h2_loop"], 3),
         "ratio_chaos_vs_bare": round(ratio, 3),
         "target_ratio": 0.9,
         "meets_target": ratio >= 0.9,

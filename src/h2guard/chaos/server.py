@@ -495,6 +495,23 @@ class _H2Protocol(asyncio.Protocol):
             st.timer = self._later(out.delay, self._resume_app, st)
             return
         st.response = out
+        body = out.body
+        if type(body) is bytes and st.method != "HEAD" and self.server.faults.quiet:
+            done = self.core.respond(st.sid, out.h2_headers, body)  # type: ignore[union-attr]
+            if done > 0:
+                self.streams.pop(st.sid, None)
+                st.dead = True
+                return
+            if done < 0:
+                self._kill(st)
+                return
+            st.body_bytes = body  # headers went; the window is short for the body
+            st.body_len = len(body)
+            st.step = _BODY
+            if self._send_body(st):
+                self.streams.pop(st.sid, None)
+                st.dead = True
+            return
         self._send_headers(st)
         if st.dead:
             return

@@ -478,6 +478,33 @@ class H2Core:
             self._maybe_close(stream_id, state)
         return True
 
+    def respond(self, stream_id: int, headers: Headers, body: bytes) -> int:
+        """HEADERS and a whole small body in one call: the common response, made cheap.
+
+        Returns 1 when all of it went (the stream is closed on our side), 0 when the HEADERS
+        went but the window is too short for the body (send it with :meth:`send_data`), and
+        -1 when the stream is gone."""
+        state = self._streams.get(stream_id)
+        if state is None or state[1] or self.closed:
+            return -1
+        conn = self._conn
+        try:
+            conn.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                if len(body) > 16384:
+                    return 0
+                conn.send_data(stream_id, body, end_stream=True)
+        except h2.exceptions.FlowControlError:
+            return 0
+        except h2.exceptions.ProtocolError:
+            return -1
+        state[1] = True
+        if state[0]:
+            del self._streams[stream_id]
+            self._withheld.pop(stream_id, None)
+            self._closed_streams += 1
+        return 1
+
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> int:
         """Send as much of ``data`` as the peer's windows allow; return how many bytes went.
 
