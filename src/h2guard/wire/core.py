@@ -389,7 +389,7 @@ class H2Core:
                 sid = ev.stream_id
                 assert sid is not None
                 if streams.pop(sid, None) is not None:
-                    self._withheld.pop(sid, None)
+                    self._forget_withheld(sid)
                     out.append(StreamReset(sid, int(ev.error_code or 0), ev.remote_reset))
             elif isinstance(ev, h2.events.WindowUpdated):
                 out.append(WindowUpdated(ev.stream_id or 0, ev.delta or 0))
@@ -404,7 +404,7 @@ class H2Core:
                     gone = sorted(s for s in streams if s > last and (s % 2 == 1) == self.client)
                     for s in gone:
                         del streams[s]
-                        self._withheld.pop(s, None)
+                        self._forget_withheld(s)
                     unprocessed = tuple(gone)
                 out.append(GoAwayReceived(code, last, ev.additional_data or b"", unprocessed))
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
@@ -451,8 +451,18 @@ class H2Core:
     def _maybe_close(self, stream_id: int, state: list[bool]) -> None:
         if state[0] and state[1]:
             del self._streams[stream_id]
-            self._withheld.pop(stream_id, None)
+            self._forget_withheld(stream_id)
             self._closed_streams += 1
+
+    def _forget_withheld(self, stream_id: int) -> None:
+        """A stream closed with DATA never acknowledged: give the connection window back, or
+        the whole connection would stall a little more with every such stream."""
+        held = self._withheld.pop(stream_id, 0)
+        if held and not self.closed:
+            try:
+                self._conn.increment_flow_control_window(held)
+            except (h2.exceptions.ProtocolError, ValueError):  # pragma: no cover
+                pass
 
     def _reset_quietly(self, stream_id: int, code: int) -> None:
         try:
@@ -501,7 +511,7 @@ class H2Core:
         state[1] = True
         if state[0]:
             del self._streams[stream_id]
-            self._withheld.pop(stream_id, None)
+            self._forget_withheld(stream_id)
             self._closed_streams += 1
         return 1
 
@@ -563,7 +573,7 @@ class H2Core:
         if self.closed:
             return False
         known = self._streams.pop(stream_id, None) is not None
-        self._withheld.pop(stream_id, None)
+        self._forget_withheld(stream_id)
         try:
             self._conn.reset_stream(stream_id, error_code=code)
         except h2.exceptions.ProtocolError:
@@ -590,7 +600,7 @@ class H2Core:
         if not self.client:
             for sid in [s for s in self._streams if s > last_stream_id]:
                 del self._streams[sid]
-                self._withheld.pop(sid, None)
+                self._forget_withheld(sid)
         return last_stream_id
 
     def ping(self, payload: bytes, now: float) -> None:
@@ -616,6 +626,21 @@ class H2Core:
         pending = self._withheld.pop(stream_id, 0)
         if pending:
             self._ack(stream_id, pending, known=stream_id in self._streams)
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        """The owner consumed ``length`` bytes of DATA: open the windows by that much.
+
+        With ``auto_ack`` off (the client), a slow reader holds at most one stream window of
+        data per stream: the peer cannot send more until the reader catches up."""
+        held = self._withheld.get(stream_id)
+        if not held or self.closed:
+            return
+        length = min(length, held)
+        if held > length:
+            self._withheld[stream_id] = held - length
+        else:
+            del self._withheld[stream_id]
+        self._ack(stream_id, length, known=stream_id in self._streams)
 
     def next_stream_id(self) -> int:
         """Client role: the id the next request will use."""

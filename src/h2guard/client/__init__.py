@@ -1,0 +1,6 @@
+"""h2guard.client: an httpx transport that loses no request to GOAWAY, stream limits or stale
+connections (see :mod:`h2guard.client.transport`)."""
+
+from h2guard.client.transport import AsyncHTTPTransport, HTTPTransport
+
+__all__ = ["AsyncHTTPTransport", "HTTPTransport"]

@@ -1,0 +1,455 @@
+"""One client HTTP/2 connection: the asyncio adapter around the sans-IO core (client role).
+
+It moves bytes and arms timers, nothing else: the core decides what frames mean. Every way a
+stream can end badly becomes a :class:`~h2guard.errors.Failure` on that stream, with
+``processed`` set from what the protocol proves (a REFUSED_STREAM or a stream above a GOAWAY's
+last_stream_id was never processed; a reset after the request was written maybe was), so the
+pool above can move safe requests elsewhere without guessing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+from h2guard.errors import Failure, FailureKind, Processed
+from h2guard.events import EventLog
+from h2guard.wire.core import H2Core
+from h2guard.wire.events import (
+    ConnectionFailed,
+    DataReceived,
+    GoAwayReceived,
+    Headers,
+    PingAcked,
+    ResponseReceived,
+    SettingsReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+
+__all__ = ["Connection", "ConnectionSettings", "StreamState"]
+
+_REFUSED = 0x7
+_HTTP_1_1_REQUIRED = 0xD
+_MCS = 0x3
+
+
+class ConnectionSettings:
+    """Per-connection knobs, shared by every connection of a pool (see the transport)."""
+
+    __slots__ = ("connection_window", "max_header_list_size", "ping_interval", "ping_timeout",
+                 "stream_window")
+
+    def __init__(self, *, stream_window: int, connection_window: int, ping_interval: float,
+                 ping_timeout: float, max_header_list_size: int = 65536) -> None:
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_header_list_size = max_header_list_size
+
+
+class StreamState:
+    """What one request's stream has seen so far; the transport's response reads from it."""
+
+    __slots__ = ("body_done", "chunks", "conn", "ended", "failure", "headers", "readable",
+                 "response", "sid", "status", "writable")
+
+    def __init__(self, conn: Connection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        loop = conn.loop
+        self.response: asyncio.Future[None] = loop.create_future()
+        self.status = 0
+        self.headers: Headers = []
+        self.chunks: deque[bytes] = deque()
+        self.readable = asyncio.Event()
+        self.writable = asyncio.Event()
+        self.ended = False
+        self.body_done = False  # our request body is fully sent
+        self.failure: Failure | None = None
+
+    def fail(self, failure: Failure) -> None:
+        if self.failure is not None or (self.ended and self.response.done()):
+            return
+        self.failure = failure
+        if not self.response.done():
+            self.response.set_result(None)
+        self.readable.set()
+        self.writable.set()
+
+
+class Connection(asyncio.Protocol):
+    """An HTTP/2 connection to one origin. Create it through :meth:`open`."""
+
+    def __init__(self, origin: str, settings: ConnectionSettings, events: EventLog | None,
+                 on_change: Callable[[Connection], None]) -> None:
+        self.origin = origin
+        self.cfg = settings
+        self.events = events
+        self.on_change = on_change
+        self.loop = asyncio.get_running_loop()
+        core_settings = {0x2: 0, 0x4: settings.stream_window,
+                         0x6: settings.max_header_list_size}
+        self.core = H2Core(client=True, settings=core_settings,
+                           connection_window=settings.connection_window,
+                           max_header_list_size=settings.max_header_list_size)
+        self.core.auto_ack = False  # acknowledge DATA as the reader consumes it
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, StreamState] = {}
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.closed = False
+        self.draining = False
+        self.failure: Failure | None = None
+        self.refusals = 0
+        self.created = self.loop.time()
+        self.last_active = self.created
+        self.expires_at = float("inf")
+        self.write_paused = False
+        self.write_ready = asyncio.Event()
+        self.write_ready.set()
+        self.ping_waiter: asyncio.Future[float] | None = None
+        self._ping_deadline: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.requests = 0
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    async def open(cls, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                   origin: str, settings: ConnectionSettings, events: EventLog | None,
+                   on_change: Callable[[Connection], None], timeout: float | None,
+                   server_hostname: str | None = None) -> Connection | str:
+        """Connect and exchange prefaces. Returns the connection, or the ALPN protocol the
+        server chose instead of h2 (``"http/1.1"``) so the caller can fall back."""
+        loop = asyncio.get_running_loop()
+
+        async def connect() -> Connection | str:
+            transport, proto = await loop.create_connection(
+                lambda: cls(origin, settings, events, on_change), host, port,
+                ssl=ssl_context, server_hostname=server_hostname if ssl_context else None)
+            conn = proto
+            if ssl_context is not None:
+                sslobj = transport.get_extra_info("ssl_object")
+                alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+                if alpn != "h2":
+                    transport.close()
+                    return alpn or "http/1.1"
+            await conn.ready
+            if conn.failure is not None:
+                raise ConnectionError(conn.failure.detail)
+            return conn
+
+        return await asyncio.wait_for(connect(), timeout)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover
+                pass
+        self.core.start(self.loop.time())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        events = self.core.receive(data, now)
+        for ev in events:
+            if isinstance(ev, DataReceived):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    if ev.data:
+                        st.chunks.append(ev.data)
+                        st.readable.set()
+                    if ev.flow_controlled_length > len(ev.data):  # padding: nobody reads it
+                        self.core.acknowledge(ev.stream_id,
+                                              ev.flow_controlled_length - len(ev.data))
+                else:
+                    self.core.acknowledge(ev.stream_id, ev.flow_controlled_length)
+            elif isinstance(ev, ResponseReceived):
+                self._on_response(ev)
+            elif isinstance(ev, StreamEnded):
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None:
+                    st.ended = True
+                    if not st.response.done():  # END_STREAM without a final response
+                        st.fail(self._failure("protocol", "maybe", st.sid,
+                                              detail="stream ended without a response"))
+                    st.readable.set()
+                    self._stream_closed()
+            elif isinstance(ev, WindowUpdated):
+                if ev.stream_id == 0:
+                    for st in self.streams.values():
+                        st.writable.set()
+                else:
+                    st = self.streams.get(ev.stream_id)
+                    if st is not None:
+                        st.writable.set()
+            elif isinstance(ev, StreamReset):
+                self._on_reset(ev)
+            elif isinstance(ev, GoAwayReceived):
+                self._on_goaway(ev)
+            elif isinstance(ev, SettingsReceived):
+                if not self.ready.done():
+                    self.ready.set_result(None)
+                if _MCS in ev.changed:
+                    self.on_change(self)
+            elif isinstance(ev, PingAcked):
+                waiter = self.ping_waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(ev.rtt or 0.0)
+                self._ping_deadline = None
+            elif isinstance(ev, TrailersReceived):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st.readable.set()
+            elif isinstance(ev, ConnectionFailed):
+                self._lost("protocol", ev.message, code=ev.error_code)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self._lost("connection_lost", "the server closed the connection (EOF)")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"{type(exc).__name__}: {exc}" if exc else "the connection closed"
+        self._lost("connection_lost", reason)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.write_ready.clear()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.write_ready.set()
+
+    # ------------------------------------------------------------------ events
+
+    def _on_response(self, ev: ResponseReceived) -> None:
+        st = self.streams.get(ev.stream_id)
+        if st is None:
+            return
+        status_raw = b""
+        for key, value in ev.headers:
+            if key == b":status":
+                status_raw = value
+                break
+        if status_raw[:1] == b"1" and status_raw != b"101":
+            return  # informational (100 Continue, 103 Early Hints): wait for the final one
+        if st.response.done():
+            return  # trailers arrive as TrailersReceived; a second response is ignored
+        st.status = int(status_raw or b"0")
+        st.headers = [(k, v) for k, v in ev.headers if k[:1] != b":"]
+        st.response.set_result(None)
+
+    def _on_reset(self, ev: StreamReset) -> None:
+        st = self.streams.pop(ev.stream_id, None)
+        if st is None:
+            return
+        code = ev.error_code
+        got_response = st.response.done() and st.failure is None
+        if code == 0 and got_response and not st.body_done:
+            # NO_ERROR after a response: the server does not need the rest of our body
+            st.body_done = True
+            st.ended = True
+            st.readable.set()
+            st.writable.set()
+            self._stream_closed()
+            return
+        if code == _REFUSED:
+            self.refusals += 1
+            kind: FailureKind = "refused_stream"
+            processed: Processed = "no"
+            if self.refusals >= 2 and not self.draining:
+                self._retire("refused twice")
+        elif code == _HTTP_1_1_REQUIRED:
+            kind, processed = "http_1_1_required", "no"
+        else:
+            kind, processed = "stream_reset", "yes" if got_response else "maybe"
+        self._emit("client.stream_reset", stream=ev.stream_id, code=code, kind=kind)
+        st.fail(self._failure(kind, processed, ev.stream_id, code=code))
+        self._stream_closed()
+
+    def _on_goaway(self, ev: GoAwayReceived) -> None:
+        first = not self.draining
+        self.draining = True
+        self._emit("client.goaway", code=ev.error_code, last_stream_id=ev.last_stream_id,
+                   unprocessed=len(ev.unprocessed))
+        for sid in ev.unprocessed:
+            st = self.streams.pop(sid, None)
+            if st is not None:
+                st.fail(self._failure("goaway_unprocessed", "no", sid, code=ev.error_code,
+                                      last_stream_id=ev.last_stream_id))
+        if first:
+            self.on_change(self)
+        self._stream_closed()
+
+    def _stream_closed(self) -> None:
+        self.last_active = self.loop.time()
+        if self.draining and not self.streams:
+            self.close()
+        self.on_change(self)
+
+    def _lost(self, kind: FailureKind, detail: str, *, code: int | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        failure = self._failure(kind, "maybe", None, code=code, detail=detail)
+        self.failure = failure
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if self.ping_waiter is not None and not self.ping_waiter.done():
+            self.ping_waiter.set_exception(ConnectionError(detail))
+        for sid, st in list(self.streams.items()):
+            st.fail(Failure(kind, "maybe", code, sid, self.core.goaway_received, self.origin,
+                            detail))
+        self.streams.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.transport is not None:
+            self.transport.abort() if kind == "ping_timeout" else self.transport.close()
+        self.write_ready.set()
+        self._emit("client.connection_closed", reason=detail)
+        self.on_change(self)
+
+    # ------------------------------------------------------------------ using
+
+    @property
+    def usable(self) -> bool:
+        """May a new stream open here now?"""
+        return (not self.closed and not self.draining and self.ready.done()
+                and self.core.can_open_stream())
+
+    @property
+    def stream_limit(self) -> int:
+        return int(self.core.remote_settings.get(_MCS, 2**31 - 1))
+
+    def open_stream(self, headers: Headers, *, end_stream: bool) -> StreamState:
+        """Send request HEADERS on a new stream (the caller checked :attr:`usable`)."""
+        sid = self.core.next_stream_id()
+        st = StreamState(self, sid)
+        self.streams[sid] = st
+        if not self.core.send_headers(sid, headers, end_stream=end_stream):
+            del self.streams[sid]
+            raise ConnectionError("could not open a stream")
+        st.body_done = end_stream
+        self.requests += 1
+        self.last_active = self.loop.time()
+        self._flush()
+        self._arm_watchdog()
+        return st
+
+    async def send_body(self, st: StreamState, chunk: bytes, *, timeout: float | None) -> None:
+        """Send one chunk of request body, waiting for window and socket as needed."""
+        view = memoryview(chunk)
+        while view:
+            if st.failure is not None or st.body_done:
+                return
+            sent = self.core.send_data(st.sid, bytes(view))
+            if sent:
+                view = view[sent:]
+                self._flush()
+            if view:
+                st.writable.clear()
+                await asyncio.wait_for(st.writable.wait(), timeout)
+            if self.write_paused:
+                await asyncio.wait_for(self.write_ready.wait(), timeout)
+
+    def end_body(self, st: StreamState) -> None:
+        if st.failure is None and not st.body_done:
+            self.core.end_stream(st.sid)
+            st.body_done = True
+            self._flush()
+
+    def consumed(self, st: StreamState, length: int) -> None:
+        """The reader took ``length`` bytes: let the server send that much more."""
+        if length and not self.closed:
+            self.core.acknowledge(st.sid, length)
+            self._flush()
+
+    def cancel(self, st: StreamState) -> None:
+        """The caller gave up on the stream (closed the response early): RST_STREAM CANCEL."""
+        if self.streams.pop(st.sid, None) is not None and not self.closed:
+            self.core.reset_stream(st.sid, 0x8)
+            self._flush()
+            self._stream_closed()
+
+    async def ping(self, timeout: float) -> float:
+        """Round trip of one PING; raises TimeoutError if the connection stopped answering."""
+        if self.ping_waiter is None or self.ping_waiter.done():
+            self.ping_waiter = self.loop.create_future()
+            self.core.ping(os.urandom(8), self.loop.time())
+            self._flush()
+        return await asyncio.wait_for(asyncio.shield(self.ping_waiter), timeout)
+
+    def abandon(self, reason: str) -> None:
+        """Stop using the connection at once: every stream fails, the socket is aborted."""
+        self._emit("client.ping_timeout", reason=reason)
+        self._lost("ping_timeout", reason)
+
+    def close(self) -> None:
+        """Graceful close: GOAWAY then FIN (streams in flight fail as connection_lost)."""
+        if self.closed:
+            return
+        if not self.core.closed:
+            self.core.goaway(code=0, last_stream_id=0)
+            self._flush()
+        self._lost("connection_lost", "closed by the client")
+
+    def _retire(self, reason: str) -> None:
+        """No new streams here; the ones in flight finish."""
+        self.draining = True
+        self._emit("client.connection_retired", reason=reason)
+        self.on_change(self)
+
+    # ------------------------------------------------------------------ liveness
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None and self.cfg.ping_interval > 0:
+            self._watchdog = self.loop.call_later(self.cfg.ping_interval, self._watch)
+
+    def _watch(self) -> None:
+        """While streams wait, a silent connection gets a PING; no answer in time: abandon."""
+        self._watchdog = None
+        if self.closed or not self.streams:
+            return
+        now = self.loop.time()
+        deadline = self._ping_deadline
+        if deadline is not None and now >= deadline:
+            self.abandon(f"no PING answer within {self.cfg.ping_timeout:g} s while waiting "
+                         "for a response")
+            return
+        silent = now - self.core.last_frame_at
+        if deadline is None and silent >= self.cfg.ping_interval:
+            self.core.ping(os.urandom(8), now)
+            self._flush()
+            self._ping_deadline = now + self.cfg.ping_timeout
+        next_check = self.cfg.ping_timeout if self._ping_deadline else \
+            max(self.cfg.ping_interval - silent, 0.05)
+        self._watchdog = self.loop.call_later(next_check, self._watch)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _failure(self, kind: FailureKind, processed: Processed, sid: int | None, *,
+                 code: int | None = None, last_stream_id: int | None = None,
+                 detail: str = "") -> Failure:
+        return Failure(kind, processed, code, sid, last_stream_id, self.origin, detail)
+
+    def _emit(self, name: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events.emit(name, origin=self.origin, **data)
+
+    def _flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)

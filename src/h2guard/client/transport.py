@@ -1,0 +1,408 @@
+"""httpx transports (async and sync) that lose no request to GOAWAY, stream limits or stale
+connections.
+
+``httpx.AsyncClient(transport=h2guard.AsyncHTTPTransport())`` just works. What it does that
+httpx's own transport does not (FIELD-NOTES.md §4): streams at or below a GOAWAY's
+last_stream_id finish; streams above it, REFUSED_STREAM and connection failures before the
+request was sent move to another or a new connection transparently (they were never processed:
+safe for any method, a bounded number of times); MAX_CONCURRENT_STREAMS is honoured with a wait
+instead of "Max outbound streams is N"; idle and aged connections are closed or retired before
+middleboxes drop them, idle ones are PINGed before reuse, and silent ones are PINGed while a
+response is awaited. Anything that may have been processed is *not* retried here: that decision
+belongs to :class:`h2guard.RetryTransport`, which knows the method and the Idempotency-Key.
+
+The sync transport runs the same async implementation on a private event-loop thread: one
+implementation of the protocol, not two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from h2guard.client.connection import Connection, ConnectionSettings, StreamState
+from h2guard.client.pool import OriginPool, PoolFailure, PoolSettings
+from h2guard.errors import Failure, attach
+from h2guard.events import EventLog
+from h2guard.wire.events import Headers
+
+__all__ = ["AsyncHTTPTransport", "HTTPTransport"]
+
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                         b"upgrade", b"host", b"http2-settings"})
+
+
+def _ssl_context(verify: ssl.SSLContext | str | bool, cert: Any) -> ssl.SSLContext:
+    """An SSLContext offering h2 then http/1.1, trusting what ``verify`` says."""
+    if isinstance(verify, ssl.SSLContext):
+        ctx = verify
+    elif verify is False:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif isinstance(verify, str):
+        ctx = ssl.create_default_context(cafile=verify)
+    else:
+        try:
+            import certifi
+
+            ctx = ssl.create_default_context(cafile=certifi.where())
+        except ImportError:  # pragma: no cover
+            ctx = ssl.create_default_context()
+    if cert is not None:
+        if isinstance(cert, str):
+            ctx.load_cert_chain(cert)
+        else:
+            ctx.load_cert_chain(*cert)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx
+
+
+class AsyncHTTPTransport(httpx.AsyncBaseTransport):
+    """An HTTP/2-first transport for ``httpx.AsyncClient``.
+
+    Defaults come from FIELD-NOTES.md §3: ``max_idle`` (45 s) is below the shortest common
+    load-balancer idle timeout (AWS ALB 60 s, nginx 75 s), so the pool closes a connection
+    before a middlebox silently drops it. ``health_check_after`` (5 s): a connection idle that
+    long answers a PING (within ``ping_timeout``) before it carries a request. ``ping_interval``
+    (10 s): while a response is awaited on a silent connection, PING it; no answer within
+    ``ping_timeout`` abandons the connection (a black hole is found in bounded time).
+    ``max_age`` (10 min, +-10% jitter) retires connections so load rebalances and request caps
+    are met gracefully. ``max_connections_per_origin`` (10) bounds connections when the server's
+    stream limit is reached; beyond it requests wait up to the pool timeout.
+    ``stream_window``/``connection_window`` (1 MiB / 16 MiB): how much a slow reader may have
+    buffered. ``transparent_retries`` (10): how often a request that was provably never
+    processed moves to another connection. ``http2_prior_knowledge``: h2c for ``http://`` URLs
+    (otherwise ``http://`` uses HTTP/1.1, as browsers do).
+    """
+
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: Any = None,
+        http2_prior_knowledge: bool = False,
+        max_connections_per_origin: int = 10,
+        max_idle: float = 45.0,
+        max_age: float = 600.0,
+        max_age_jitter: float = 0.1,
+        health_check_after: float = 5.0,
+        ping_interval: float = 10.0,
+        ping_timeout: float = 5.0,
+        stream_window: int = 1 << 20,
+        connection_window: int = 16 << 20,
+        transparent_retries: int = 10,
+        events: EventLog | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if max_connections_per_origin < 1:
+            raise ValueError("max_connections_per_origin must be at least 1")
+        if not 65535 <= connection_window <= 2**31 - 1:
+            raise ValueError("connection_window must be within 65535..2^31-1")
+        if not 1 <= stream_window <= 2**31 - 1:
+            raise ValueError("stream_window must be within 1..2^31-1")
+        self._verify = verify
+        self._cert = cert
+        self._ssl: ssl.SSLContext | None = None
+        self._prior_knowledge = http2_prior_knowledge
+        self._pool_settings = dict(max_connections=max_connections_per_origin,
+                                   max_idle=max_idle, max_age=max_age,
+                                   max_age_jitter=max_age_jitter,
+                                   health_check_after=health_check_after)
+        self._conn_settings = ConnectionSettings(stream_window=stream_window,
+                                                 connection_window=connection_window,
+                                                 ping_interval=ping_interval,
+                                                 ping_timeout=ping_timeout)
+        self._retries = transparent_retries
+        self.events = events if events is not None else EventLog(maxlen=10_000)
+        self._rng = random.Random(seed)
+        self._pools: dict[tuple[bytes, bytes, int], OriginPool] = {}
+        self._http1: httpx.AsyncHTTPTransport | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ httpx API
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme == b"http" and not self._prior_knowledge:
+            return await self._via_http1(request)
+        pool = self._pool_for(request)
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        attempt = 0
+        replayable = isinstance(request.stream, httpx.ByteStream)
+        body_started = False
+        while True:
+            attempt += 1
+            try:
+                conn = await pool.acquire(timeout=timeouts.get("pool"))
+            except PoolFailure as exc:
+                failure = exc.failure
+                if failure.kind == "connect" and attempt <= 2:
+                    await asyncio.sleep(0.05 * attempt)  # one quick second try: nothing sent
+                    continue
+                raise attach(_with_attempts(failure, attempt), request=request) from None
+            if conn is None:
+                return await self._via_http1(request)
+            st = conn.open_stream(_h2_headers(request), end_stream=_empty(request))
+            try:
+                if not st.body_done:
+                    body_started = True
+                    await self._send_body(conn, st, request, timeouts.get("write"))
+                await asyncio.wait_for(st.response, timeouts.get("read"))
+            except TimeoutError:
+                conn.cancel(st)
+                raise attach(Failure("timeout", "maybe", None, st.sid, None, pool.origin,
+                                     f"no response within {timeouts.get('read')} s",
+                                     attempt), request=request) from None
+            except asyncio.CancelledError:
+                conn.cancel(st)
+                raise
+            if st.failure is None:
+                return httpx.Response(
+                    st.status, headers=st.headers, stream=_ResponseStream(st, timeouts),
+                    extensions={"http_version": b"HTTP/2", "h2guard_stream_id": st.sid,
+                                "h2guard_attempts": attempt})
+            failure = st.failure
+            if failure.processed == "no" and attempt <= self._retries and (
+                    replayable or not body_started):
+                if failure.kind == "http_1_1_required":
+                    pool.downgrade("RST_STREAM HTTP_1_1_REQUIRED")
+                self.events.emit("client.transparent_retry", origin=pool.origin,
+                                 reason=failure.kind, attempt=attempt, stream=failure.stream_id)
+                if failure.kind == "refused_stream" and attempt > 1:
+                    # a server refusing again and again is overloaded: back off, with jitter
+                    await asyncio.sleep(self._rng.uniform(0, min(0.25, 0.01 * 2 ** attempt)))
+                continue
+            if failure.processed == "no" and not replayable and body_started:
+                failure = Failure("body_not_replayable", "no", failure.code, failure.stream_id,
+                                  failure.last_stream_id, failure.origin,
+                                  f"{failure.explain()} It was not sent again because the "
+                                  "request body is a one-shot stream: pass bytes (content=...) "
+                                  "to make it replayable.")
+            raise attach(_with_attempts(failure, attempt), request=request)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for pool in self._pools.values():
+            await pool.aclose()
+        self._pools.clear()
+        if self._http1 is not None:
+            await self._http1.aclose()
+
+    # ------------------------------------------------------------------ internals
+
+    def _pool_for(self, request: httpx.Request) -> OriginPool:
+        url = request.url
+        port = url.port or (443 if url.raw_scheme == b"https" else 80)
+        key = (url.raw_scheme, url.raw_host, port)
+        pool = self._pools.get(key)
+        if pool is None:
+            tls = url.raw_scheme == b"https"
+            if tls and self._ssl is None:
+                self._ssl = _ssl_context(self._verify, self._cert)
+            timeouts = request.extensions.get("timeout", {})
+            origin = f"{url.scheme}://{url.host}:{port}"
+            pool = OriginPool(origin, host=url.host, port=port,
+                              ssl_context=self._ssl if tls else None,
+                              server_hostname=url.host if tls else None,
+                              settings=PoolSettings(connect_timeout=timeouts.get("connect"),
+                                                    **self._pool_settings),  # type: ignore[arg-type]
+                              conn_settings=self._conn_settings, events=self.events,
+                              rng=self._rng)
+            self._pools[key] = pool
+        return pool
+
+    async def _send_body(self, conn: Connection, st: StreamState, request: httpx.Request,
+                         timeout: float | None) -> None:
+        stream = request.stream
+        if isinstance(stream, httpx.ByteStream):
+            chunks: Any = [b"".join(stream)]
+        else:
+            chunks = stream
+        try:
+            if hasattr(chunks, "__aiter__"):
+                async for chunk in chunks:
+                    await conn.send_body(st, chunk, timeout=timeout)
+            else:
+                for chunk in chunks:
+                    await conn.send_body(st, chunk, timeout=timeout)
+        except TimeoutError:
+            st.fail(Failure("write", "maybe", None, st.sid, None, conn.origin,
+                            f"the server took no more body within {timeout} s"))
+            conn.cancel(st)
+            return
+        conn.end_body(st)
+
+    async def _via_http1(self, request: httpx.Request) -> httpx.Response:
+        if self._http1 is None:
+            verify: Any = self._verify
+            if isinstance(verify, str):
+                verify = ssl.create_default_context(cafile=verify)
+            self._http1 = httpx.AsyncHTTPTransport(verify=verify, cert=self._cert,
+                                                   http1=True, http2=False)
+        return await self._http1.handle_async_request(request)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The response body, read from the stream's buffer; each chunk read opens the window."""
+
+    def __init__(self, st: StreamState, timeouts: dict[str, float | None]) -> None:
+        self._st = st
+        self._timeout = timeouts.get("read")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        st = self._st
+        conn = st.conn
+        while True:
+            if st.chunks:
+                chunk = st.chunks.popleft()
+                conn.consumed(st, len(chunk))
+                yield chunk
+                continue
+            if st.failure is not None:
+                raise attach(_with_attempts(st.failure, 1))
+            if st.ended:
+                return
+            st.readable.clear()
+            try:
+                await asyncio.wait_for(st.readable.wait(), self._timeout)
+            except TimeoutError:
+                conn.cancel(st)
+                raise attach(Failure("timeout", "yes", None, st.sid, None, conn.origin,
+                                     f"the response body stalled for {self._timeout} s")
+                             ) from None
+
+    async def aclose(self) -> None:
+        st = self._st
+        if not st.ended and st.failure is None:
+            st.conn.cancel(st)
+
+
+def _with_attempts(failure: Failure, attempts: int) -> Failure:
+    if failure.attempts == attempts:
+        return failure
+    return Failure(failure.kind, failure.processed, failure.code, failure.stream_id,
+                   failure.last_stream_id, failure.origin, failure.detail, attempts,
+                   failure.extra)
+
+
+def _empty(request: httpx.Request) -> bool:
+    stream = request.stream
+    if isinstance(stream, httpx.ByteStream):
+        return all(len(chunk) == 0 for chunk in stream)
+    return bool(request.headers.get("content-length") == "0")
+
+
+def _h2_headers(request: httpx.Request) -> Headers:
+    url = request.url
+    authority = request.headers.get("host", "").encode("latin-1") or url.netloc
+    headers: Headers = [(b":method", request.method.encode("latin-1")),
+                        (b":scheme", b"https" if url.raw_scheme == b"https" else b"http"),
+                        (b":authority", authority), (b":path", url.raw_path)]
+    for key, value in request.headers.raw:
+        name = key.lower()
+        if name in _HOP_BY_HOP:
+            continue
+        if name == b"te" and value.lower() != b"trailers":
+            continue
+        headers.append((name, value))
+    return headers
+
+
+# ---------------------------------------------------------------------- sync
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread, shared by one sync transport."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="h2guard-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class HTTPTransport(httpx.BaseTransport):
+    """The sync twin of :class:`AsyncHTTPTransport`, for ``httpx.Client``; same options.
+
+    It drives the async transport on a private event-loop thread, so the protocol, the pool
+    and every recovery rule are the same code in both."""
+
+    def __init__(self, **options: Any) -> None:
+        self._thread = _LoopThread()
+        self._async: AsyncHTTPTransport = self._thread.run(self._make(options))
+
+    @staticmethod
+    async def _make(options: dict[str, Any]) -> AsyncHTTPTransport:
+        return AsyncHTTPTransport(**options)
+
+    @property
+    def events(self) -> EventLog:
+        return self._async.events
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        stream = request.stream
+        if not isinstance(stream, httpx.ByteStream):
+            request.stream = _SyncToAsync(stream, self._thread.loop)
+        response = self._thread.run(self._async.handle_async_request(request))
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=_AsyncToSync(response, self._thread),
+                              extensions=response.extensions)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._thread.run(self._async.aclose())
+        self._thread.stop()
+
+
+class _SyncToAsync(httpx.AsyncByteStream):
+    """A sync request body read on a worker thread, so the event loop never blocks on it."""
+
+    def __init__(self, stream: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._iter = iter(stream)
+        self._loop = loop
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sentinel = object()
+        while True:
+            chunk = await self._loop.run_in_executor(None, next, self._iter, sentinel)
+            if chunk is sentinel:
+                return
+            yield chunk  # type: ignore[misc]
+
+
+class _AsyncToSync(httpx.SyncByteStream):
+    def __init__(self, response: httpx.Response, thread: _LoopThread) -> None:
+        self._response = response
+        self._thread = thread
+
+    def __iter__(self) -> Iterator[bytes]:
+        agen = self._response.aiter_raw().__aiter__()
+        while True:
+            try:
+                yield self._thread.run(agen.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._thread.run(self._response.aclose())

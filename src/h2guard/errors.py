@@ -1,0 +1,187 @@
+"""The one failure vocabulary of h2guard, and the exceptions that carry it.
+
+Every failure anywhere is a :class:`Failure`: what happened (``kind``), the HTTP/2 error code by
+name, the stream, the GOAWAY's last_stream_id, and — the question a retry depends on — whether
+the server may have processed the request (``processed``: ``no`` / ``maybe`` / ``yes``). The
+retry policy, the metrics, the doctor and the bench all read the same record.
+
+Exceptions are httpx's own types, so ``except httpx.TransportError`` keeps working; each one
+raised by h2guard carries its record as ``exc.failure``::
+
+    httpx.TransportError
+     ├── httpx.ConnectError       H2ConnectError       connect or TLS failed before HEADERS
+     ├── httpx.TimeoutException
+     │    └── httpx.PoolTimeout   H2PoolTimeout        no stream slot within the pool timeout
+     │    └── httpx.ReadTimeout   H2ReadTimeout        no response (or PING answer) in time
+     ├── httpx.ProtocolError
+     │    └── httpx.RemoteProtocolError
+     │         ├── StreamResetError                    RST_STREAM (any code)
+     │         ├── GoAwayError                         GOAWAY ended the stream
+     │         └── ConnectionLostError                 EOF / TCP reset mid-request
+     └── httpx.WriteError          H2WriteError        the body could not be written
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from h2guard.codes import code_name, error_code
+
+__all__ = [
+    "ConnectionLostError",
+    "Failure",
+    "FailureKind",
+    "GoAwayError",
+    "H2ConnectError",
+    "H2PoolTimeout",
+    "H2ReadTimeout",
+    "H2WriteError",
+    "Processed",
+    "StreamResetError",
+    "attach",
+    "failure_of",
+]
+
+Processed = Literal["no", "maybe", "yes"]
+FailureKind = Literal[
+    "refused_stream",      # RST_STREAM REFUSED_STREAM: not processed (RFC 9113 §8.7)
+    "goaway_unprocessed",  # above a GOAWAY's last_stream_id: not processed (§6.8)
+    "goaway",              # at or below last_stream_id, and the stream then failed
+    "stream_reset",        # any other RST_STREAM
+    "http_1_1_required",   # RST_STREAM HTTP_1_1_REQUIRED: resend over HTTP/1.1
+    "connect",             # before the request's HEADERS were written
+    "connection_lost",     # EOF / TCP reset after the request was written
+    "ping_timeout",        # the connection stopped answering PING (a black hole)
+    "timeout",             # no response in time
+    "pool_timeout",        # no stream slot in time
+    "write",               # the request body could not be sent
+    "protocol",            # a protocol violation detected locally
+    "body_not_replayable",  # a retry needed the body again and it was a one-shot stream
+    "retry_budget",        # the retry budget was exhausted
+    "deadline",            # the overall deadline passed
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What went wrong with one attempt, in the terms a retry decision needs."""
+
+    kind: FailureKind
+    processed: Processed
+    code: int | None = None
+    stream_id: int | None = None
+    last_stream_id: int | None = None
+    origin: str = ""
+    detail: str = ""
+    attempts: int = 1
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def code_name(self) -> str | None:
+        """The RFC name of ``code`` (``UNKNOWN(0x..)`` for others), or None."""
+        return None if self.code is None else code_name(self.code)
+
+    def explain(self) -> str:
+        """One or two sentences in plain words: what happened, and what to do."""
+        where = f" (stream {self.stream_id})" if self.stream_id is not None else ""
+        if self.kind == "refused_stream":
+            return (f"The server refused the stream{where} with REFUSED_STREAM before processing "
+                    "it; it is safe to send again on another connection.")
+        if self.kind == "goaway_unprocessed":
+            return (f"The server sent GOAWAY with last_stream_id={self.last_stream_id}, above "
+                    f"which this request{where} was never processed; it is safe to send again.")
+        if self.kind == "http_1_1_required":
+            return "The server requires HTTP/1.1 for this request; send it again over HTTP/1.1."
+        if self.kind == "connect":
+            return f"Could not connect ({self.detail}); nothing was sent, so a retry is safe."
+        if self.kind in ("stream_reset", "goaway"):
+            meaning = error_code(self.code or 0).meaning if self.code is not None else ""
+            what = "RST_STREAM" if self.kind == "stream_reset" else "GOAWAY"
+            return (f"The server ended the stream{where} with {what} {self.code_name}"
+                    f" ({meaning}) after the request was sent; it may have been processed, so "
+                    "only an idempotent request or one with an Idempotency-Key can be sent "
+                    "again.")
+        if self.kind == "connection_lost":
+            return (f"The connection was lost{where} after the request was sent "
+                    f"({self.detail}); the server may have processed it. Retry only idempotent "
+                    "or keyed requests; a pool idle limit below the load balancer's idle "
+                    "timeout avoids most of these.")
+        if self.kind == "ping_timeout":
+            return ("The connection stopped answering PING (a load balancer that forgot the "
+                    "flow?); it was abandoned.")
+        if self.kind == "pool_timeout":
+            return ("No stream slot became free within the pool timeout: raise "
+                    "max_connections_per_origin or the pool timeout.")
+        return self.detail or self.kind
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "processed": self.processed, "code": self.code_name,
+                "stream_id": self.stream_id, "last_stream_id": self.last_stream_id,
+                "origin": self.origin, "detail": self.detail, "attempts": self.attempts}
+
+
+class _Carrier:
+    failure: Failure
+
+
+class StreamResetError(httpx.RemoteProtocolError, _Carrier):
+    """The server reset the stream (RST_STREAM)."""
+
+
+class GoAwayError(httpx.RemoteProtocolError, _Carrier):
+    """A GOAWAY ended the stream."""
+
+
+class ConnectionLostError(httpx.RemoteProtocolError, _Carrier):
+    """The connection closed or was reset under the request."""
+
+
+class H2ConnectError(httpx.ConnectError, _Carrier):
+    """Connecting (TCP, TLS, ALPN, preface) failed: nothing was sent."""
+
+
+class H2PoolTimeout(httpx.PoolTimeout, _Carrier):
+    """No stream slot became free in time."""
+
+
+class H2ReadTimeout(httpx.ReadTimeout, _Carrier):
+    """No response in time, or the connection stopped answering PING."""
+
+
+class H2WriteError(httpx.WriteError, _Carrier):
+    """The request body could not be written."""
+
+
+_TYPES: dict[str, type[httpx.TransportError]] = {
+    "refused_stream": StreamResetError,
+    "stream_reset": StreamResetError,
+    "http_1_1_required": StreamResetError,
+    "goaway_unprocessed": GoAwayError,
+    "goaway": GoAwayError,
+    "connection_lost": ConnectionLostError,
+    "protocol": ConnectionLostError,
+    "connect": H2ConnectError,
+    "pool_timeout": H2PoolTimeout,
+    "timeout": H2ReadTimeout,
+    "ping_timeout": H2ReadTimeout,
+    "write": H2WriteError,
+}
+
+
+def attach(failure: Failure, *, request: httpx.Request | None = None,
+           cls: type[httpx.TransportError] | None = None) -> httpx.TransportError:
+    """Build the httpx exception for a failure, with the record on ``.failure``."""
+    exc_type = cls or _TYPES.get(failure.kind, ConnectionLostError)
+    message = failure.explain()
+    exc = exc_type(message, request=request) if request is not None else exc_type(message)
+    exc.failure = failure  # type: ignore[attr-defined]
+    return exc
+
+
+def failure_of(exc: BaseException) -> Failure | None:
+    """The Failure an exception carries, if any (h2guard's own exceptions always do)."""
+    found = getattr(exc, "failure", None)
+    return found if isinstance(found, Failure) else None
