@@ -79,8 +79,10 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     stream limit is reached; beyond it requests wait up to the pool timeout.
     ``stream_window``/``connection_window`` (1 MiB / 16 MiB): how much a slow reader may have
     buffered. ``transparent_retries`` (10): how often a request that was provably never
-    processed moves to another connection. ``http2_prior_knowledge``: h2c for ``http://`` URLs
-    (otherwise ``http://`` uses HTTP/1.1, as browsers do).
+    processed (REFUSED_STREAM, HTTP_1_1_REQUIRED) moves to another connection; streams left
+    unprocessed by a GOAWAY may move three times as often (the server is draining, not sick).
+    ``http2_prior_knowledge``: h2c for ``http://`` URLs (otherwise ``http://`` uses HTTP/1.1,
+    as browsers do).
     """
 
     def __init__(
@@ -138,7 +140,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             return await self._via_http1(request)
         pool = self._pool_for(request)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        attempt = 0
+        attempt = refused = drained = 0
         replayable = isinstance(request.stream, httpx.ByteStream)
         body_started = False
         while True:
@@ -173,15 +175,19 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                     extensions={"http_version": b"HTTP/2", "h2guard_stream_id": st.sid,
                                 "h2guard_attempts": attempt})
             failure = st.failure
-            if failure.processed == "no" and attempt <= self._retries and (
-                    replayable or not body_started):
+            if failure.kind == "goaway_unprocessed":
+                drained += 1  # a draining server is alive: allow more moves, still bounded
+            else:
+                refused += 1
+            within = refused <= self._retries and drained <= 3 * self._retries
+            if failure.processed == "no" and within and (replayable or not body_started):
                 if failure.kind == "http_1_1_required":
                     pool.downgrade("RST_STREAM HTTP_1_1_REQUIRED")
                 self.events.emit("client.transparent_retry", origin=pool.origin,
                                  reason=failure.kind, attempt=attempt, stream=failure.stream_id)
-                if failure.kind == "refused_stream" and attempt > 1:
+                if failure.kind == "refused_stream" and refused > 1:
                     # a server refusing again and again is overloaded: back off, with jitter
-                    await asyncio.sleep(self._rng.uniform(0, min(0.25, 0.01 * 2 ** attempt)))
+                    await asyncio.sleep(self._rng.uniform(0, min(0.25, 0.01 * 2 ** refused)))
                 continue
             if failure.processed == "no" and not replayable and body_started:
                 failure = Failure("body_not_replayable", "no", failure.code, failure.stream_id,
