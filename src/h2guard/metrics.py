@@ -198,3 +198,77 @@ class ChaosMetrics(EventMetrics):
     def _on_client_reset(self, event: Event) -> None:
         code = event.data.get("code")
         self.client_resets.labels(code="" if code is None else str(code)).inc()
+
+
+class ClientMetrics(EventMetrics):
+    """The client transport's metrics, derived from its :class:`EventLog` (``transport.events``).
+
+    ``h2guard_stream_resets_total{code,origin}`` and ``h2guard_goaway_total{code,origin}`` count
+    what servers did; the others count what the transport did about it::
+
+        metrics = ClientMetrics(transport.events)
+        body, content_type = metrics.render()
+    """
+
+    def __init__(self, events: EventLog | None = None, *,
+                 registry: CollectorRegistry | None = None, replay: bool = True) -> None:
+        super().__init__(registry=registry)
+        self.resets = self.counter("h2guard_stream_resets",
+                                   "RST_STREAM received, by error code and origin.",
+                                   ("code", "origin"))
+        self.goaways = self.counter("h2guard_goaway", "GOAWAY received, by error code and origin.",
+                                    ("code", "origin"))
+        self.moves = self.counter("h2guard_transparent_retries",
+                                  "Requests moved to another connection because the server "
+                                  "provably never processed them, by reason.",
+                                  ("reason", "origin"))
+        self.opened = self.counter("h2guard_connections_opened", "Connections opened.",
+                                   ("origin",))
+        self.retired = self.counter("h2guard_connections_retired",
+                                    "Connections taken out of use (refused twice, max age).",
+                                    ("origin", "reason"))
+        self.idle_closed = self.counter("h2guard_connections_idle_closed",
+                                        "Connections closed by the pool for sitting idle.",
+                                        ("origin",))
+        self.ping_timeouts = self.counter("h2guard_ping_timeouts",
+                                          "Connections abandoned for not answering PING.",
+                                          ("origin",))
+        self.health_checks = self.counter("h2guard_health_checks",
+                                          "PINGs sent before reusing an idle connection.",
+                                          ("origin",))
+        self.downgrades = self.counter("h2guard_downgrades",
+                                       "Origins switched to HTTP/1.1.", ("origin",))
+        self.on("client.stream_reset", self._on_reset)
+        self.on("client.goaway", self._on_goaway)
+        self.on("client.transparent_retry", lambda e: self.moves.labels(
+            reason=str(e.data.get("reason", "")), origin=_origin(e)).inc())
+        self.on("client.connection_opened",
+                lambda e: self.opened.labels(origin=_origin(e)).inc())
+        self.on("client.connection_retired", lambda e: self.retired.labels(
+            origin=_origin(e), reason=str(e.data.get("reason", ""))).inc())
+        self.on("client.connection_idle_closed",
+                lambda e: self.idle_closed.labels(origin=_origin(e)).inc())
+        self.on("client.ping_timeout",
+                lambda e: self.ping_timeouts.labels(origin=_origin(e)).inc())
+        self.on("client.health_check",
+                lambda e: self.health_checks.labels(origin=_origin(e)).inc())
+        self.on("client.downgrade", lambda e: self.downgrades.labels(origin=_origin(e)).inc())
+        if events is not None:
+            self.attach(events, replay=replay)
+
+    def _on_reset(self, event: Event) -> None:
+        self.resets.labels(code=_code(event), origin=_origin(event)).inc()
+
+    def _on_goaway(self, event: Event) -> None:
+        self.goaways.labels(code=_code(event), origin=_origin(event)).inc()
+
+
+def _origin(event: Event) -> str:
+    return str(event.data.get("origin", ""))
+
+
+def _code(event: Event) -> str:
+    from h2guard.codes import code_name
+
+    code = event.data.get("code")
+    return code_name(code) if isinstance(code, int) else str(code or "")

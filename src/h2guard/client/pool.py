@@ -158,6 +158,8 @@ class OriginPool:
 
     async def _healthy(self, conn: Connection) -> bool:
         """PING a connection that sat idle before trusting it with a request."""
+        self._emit("client.health_check", idle=round(
+            asyncio.get_running_loop().time() - conn.last_active, 3))
         try:
             await conn.ping(self.conn_settings.ping_timeout)
         except (TimeoutError, ConnectionError):
