@@ -107,8 +107,8 @@ class Failure:
         if self.kind == "connection_lost":
             return (f"The connection was lost{where} after the request was sent "
                     f"({self.detail}); the server may have processed it. Retry only idempotent "
-                    "or keyed requests; a pool idle limit below the load balancer's idle "
-                    "timeout avoids most of these.")
+                    "requests or ones with an Idempotency-Key; a pool idle limit below the "
+                    "load balancer's idle timeout avoids most of these.")
         if self.kind == "ping_timeout":
             return ("The connection stopped answering PING (a load balancer that forgot the "
                     "flow?); it was abandoned.")
