@@ -82,7 +82,8 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     processed (REFUSED_STREAM, HTTP_1_1_REQUIRED) moves to another connection; streams left
     unprocessed by a GOAWAY may move three times as often (the server is draining, not sick).
     ``http2_prior_knowledge``: h2c for ``http://`` URLs (otherwise ``http://`` uses HTTP/1.1,
-    as browsers do).
+    as browsers do). ``limits`` (an ``httpx.Limits``) sets ``max_connections_per_origin`` from
+    ``max_connections`` and ``max_idle`` from ``keepalive_expiry``, as a drop-in.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         verify: ssl.SSLContext | str | bool = True,
         cert: Any = None,
         http2_prior_knowledge: bool = False,
+        limits: httpx.Limits | None = None,
         max_connections_per_origin: int = 10,
         max_idle: float = 45.0,
         max_age: float = 600.0,
@@ -104,6 +106,11 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         events: EventLog | None = None,
         seed: int | None = None,
     ) -> None:
+        if limits is not None:  # httpx's own knobs, for a drop-in replacement
+            if limits.max_connections is not None:
+                max_connections_per_origin = limits.max_connections
+            if limits.keepalive_expiry is not None:
+                max_idle = limits.keepalive_expiry
         if max_connections_per_origin < 1:
             raise ValueError("max_connections_per_origin must be at least 1")
         if not 65535 <= connection_window <= 2**31 - 1:
@@ -155,7 +162,15 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                 raise attach(_with_attempts(failure, attempt), request=request) from None
             if conn is None:
                 return await self._via_http1(request)
-            st = conn.open_stream(_h2_headers(request), end_stream=_empty(request))
+            try:
+                st = conn.open_stream(_h2_headers(request), end_stream=_empty(request))
+            except ConnectionError:  # h2 would not open it (the connection is going away)
+                conn._retire("could not open a stream")
+                if attempt <= self._retries:
+                    continue
+                raise attach(Failure("connect", "no", None, None, None, pool.origin,
+                                     "no connection would open a stream", attempt),
+                             request=request) from None
             try:
                 if not st.body_done:
                     body_started = True
