@@ -38,6 +38,7 @@ __all__ = ["Connection", "ConnectionSettings", "StreamState"]
 _REFUSED = 0x7
 _HTTP_1_1_REQUIRED = 0xD
 _MCS = 0x3
+_SEND_SLICE = 1 << 16  # request body bytes handed to the core per call
 
 
 class ConnectionSettings:
@@ -131,6 +132,10 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
 
         async def connect() -> Connection | str:
+            if ssl_context is not None:
+                # offer h2 again: a caller's SSLContext is shared with the transport's HTTP/1.1
+                # delegate, and httpcore sets ALPN ["http/1.1"] on it for each of its connects
+                ssl_context.set_alpn_protocols(["h2", "http/1.1"])
             transport, proto = await loop.create_connection(
                 lambda: cls(origin, settings, events, on_change), host, port,
                 ssl=ssl_context, server_hostname=server_hostname if ssl_context else None)
@@ -222,8 +227,32 @@ class Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, OSError) and not self.closed:
+            self._drain_unread()
         reason = f"{type(exc).__name__}: {exc}" if exc else "the connection closed"
         self._lost("connection_lost", reason)
+
+    def _drain_unread(self) -> None:
+        """A write failed (EPIPE / ECONNRESET: the server closed while we wrote) and asyncio
+        stopped reading, but what the server sent before closing (a GOAWAY, whole responses)
+        may still sit unread in the kernel's buffer: read it, so streams end as the server
+        meant (finished, or unprocessed and movable) instead of all as "maybe processed".
+        Plain TCP only: TLS records cannot be read around the SSL layer."""
+        transport = self.transport
+        if transport is None or transport.get_extra_info("sslcontext") is not None:
+            return
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        for _ in range(256):  # bounded: at most 16 MiB
+            if fd < 0 or self.closed:
+                return
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # nothing left (EAGAIN), or the reset itself
+                return
+            if not data:
+                return
+            self.data_received(data)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -345,7 +374,7 @@ class Connection(asyncio.Protocol):
         st.body_done = end_stream
         self.requests += 1
         self.last_active = self.loop.time()
-        self._flush()
+        self._flush()  # at once: measured faster here than batching the tick's HEADERS
         self._arm_watchdog()
         return st
 
@@ -355,11 +384,13 @@ class Connection(asyncio.Protocol):
         while view:
             if st.failure is not None or st.body_done:
                 return
-            sent = self.core.send_data(st.sid, bytes(view))
+            # copy at most one slice: bytes(view) of a 50 MB body per window was quadratic
+            piece = bytes(view[:_SEND_SLICE])
+            sent = self.core.send_data(st.sid, piece)
             if sent:
                 view = view[sent:]
                 self._flush()
-            if view:
+            if view and sent < len(piece):  # the window is spent: wait for WINDOW_UPDATE
                 st.writable.clear()
                 await asyncio.wait_for(st.writable.wait(), timeout)
             if self.write_paused:

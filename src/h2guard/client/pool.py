@@ -78,6 +78,17 @@ class OriginPool:
 
     # ------------------------------------------------------------------ acquiring
 
+    def ready_connection(self) -> Connection | None:
+        """A connection usable right now without waiting or a health check (the hot path)."""
+        if self.http1 or self.closed:
+            return None
+        now = asyncio.get_running_loop().time()
+        for conn in self.conns:
+            if (conn.usable and now < conn.expires_at and (
+                    conn.streams or now - conn.last_active < self.settings.health_check_after)):
+                return conn
+        return None
+
     async def acquire(self, *, timeout: float | None) -> Connection | None:
         """A connection with a free stream slot (None: use HTTP/1.1 for this origin)."""
         loop = asyncio.get_running_loop()

@@ -153,7 +153,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         while True:
             attempt += 1
             try:
-                conn = await pool.acquire(timeout=timeouts.get("pool"))
+                conn = pool.ready_connection() or await pool.acquire(timeout=timeouts.get("pool"))
             except PoolFailure as exc:
                 failure = exc.failure
                 if failure.kind == "connect" and attempt <= 2:
@@ -175,7 +175,12 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                 if not st.body_done:
                     body_started = True
                     await self._send_body(conn, st, request, timeouts.get("write"))
-                await asyncio.wait_for(st.response, timeouts.get("read"))
+                read_timeout = timeouts.get("read")
+                if read_timeout is None:
+                    await st.response
+                else:
+                    async with asyncio.timeout(read_timeout):
+                        await st.response
             except TimeoutError:
                 conn.cancel(st)
                 raise attach(Failure("timeout", "maybe", None, st.sid, None, pool.origin,
