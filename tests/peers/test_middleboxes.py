@@ -36,17 +36,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-import signal
-import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import Daemon
+from servers import daemon as _daemon
+from servers import nginx as _nginx
 
 from h2guard.chaos import serve
 from h2guard.chaos.model import (
@@ -74,150 +74,10 @@ pytestmark = [pytest.mark.peers, pytest.mark.timeout(60)]
 
 NO_ERROR, INTERNAL_ERROR, REFUSED_STREAM = 0x0, 0x2, 0x7
 MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 0x3, 0x4, 0x5
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
 
 
 # ------------------------------------------------------------------------------------ daemons
-
-
-@dataclasses.dataclass
-class Daemon:
-    """A real middlebox running in the foreground as our child, in its own process group."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    workdir: Path
-    ports: list[int]
-    output: Path  # its stdout and stderr
-
-    @property
-    def port(self) -> int:
-        return self.ports[0]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        try:
-            return self.output.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-async def _listening(daemon: Daemon, deadline: float) -> bool:
-    """Wait until every port accepts connections; False if a port was taken by someone else."""
-    loop = asyncio.get_running_loop()
-    for port in daemon.ports:
-        while True:
-            if daemon.proc.returncode is not None:
-                if "in use" in daemon.log():
-                    return False  # a port we picked was taken in between: try other ports
-                pytest.fail(f"{daemon.name} exited with {daemon.proc.returncode} before it "
-                            f"listened on {port}:\n{daemon.log()}")
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port), 0.5)
-            except (OSError, TimeoutError):
-                if loop.time() > deadline:
-                    pytest.fail(f"{daemon.name} did not listen on {port} within "
-                                f"{START_TIMEOUT} s:\n{daemon.log()}")
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-            break
-    return True
-
-
-async def _stop(daemon: Daemon) -> None:
-    """SIGTERM (both programs stop at once on it), then SIGKILL the whole process group, which
-    also takes any worker left behind; every wait bounded."""
-    proc = daemon.proc
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    if proc.returncode is None:
-        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-
-
-@contextlib.asynccontextmanager
-async def _daemon(name: str, workdir: Path, nports: int,
-                  configure: Callable[[list[int]], Sequence[str]]) -> AsyncIterator[Daemon]:
-    """Run a middlebox whose command line ``configure(ports)`` writes the configuration for;
-    picks free loopback ports (and others, if one was taken before the program bound it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT
-    for attempt in range(3):
-        ports = _free_ports(nports)
-        args = list(configure(ports))
-        output = workdir / f"{name}-{attempt}.out"
-        with output.open("wb") as sink:
-            proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.DEVNULL, stdout=sink,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        daemon = Daemon(name, proc, workdir, ports, output)
-        try:
-            if not await _listening(daemon, deadline):
-                continue
-            yield daemon
-            return
-        finally:
-            await _stop(daemon)
-    pytest.fail(f"{name}: three sets of free ports were all taken before it could bind them")
-
-
-def _nginx_conf(workdir: Path, servers: str) -> str:
-    # As root the workers would run as nobody and could not read the 0700 temporary
-    # directory; `user` may only be given when nginx starts as root.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    temp = "\n".join(f"    {kind}_temp_path {workdir}/{kind}_temp;"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""{user}worker_processes 1;
-events {{ worker_connections 256; }}
-http {{
-    log_format ids '$request_method $uri $status rid=$http_x_request_id $server_protocol';
-    access_log {workdir}/access.log ids;
-{temp}
-{servers}
-}}
-"""
-
-
-@contextlib.asynccontextmanager
-async def _nginx(peer: Any, workdir: Path, nports: int,
-                 servers: Callable[[list[int]], str]) -> AsyncIterator[Daemon]:
-    binary = peer.need("nginx")
-
-    def configure(ports: list[int]) -> list[str]:
-        conf = workdir / "nginx.conf"
-        conf.write_text(_nginx_conf(workdir, servers(ports)))
-        return [binary, "-p", str(workdir), "-e", "stderr", "-c", str(conf),
-                "-g", f"daemon off; pid {workdir}/nginx.pid; error_log stderr;"]
-
-    async with _daemon("nginx", workdir, nports, configure) as daemon:
-        yield daemon
+# Starting and stopping them lives in tests/peers/servers.py (shared with test_client_nginx).
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,729 @@
+"""How fast is h2guard's HTTP/2 client? One connection, 50 concurrent GETs, four clients.
+
+Against a real nginx (h2c, prior knowledge) and against ``h2guard chaos serve --h2c``, the same
+load is driven by:
+
+* ``httpx``: raw httpx, ``AsyncClient(http1=False, http2=True)`` limited to one connection;
+* ``niquests``: ``AsyncSession`` with HTTP/1.1 and HTTP/3 disabled (so: h2c), one pooled
+  connection, concurrent tasks (it multiplexes them on that connection);
+* ``bare``: a minimal asyncio + h2 client loop written here (prior knowledge, header validation
+  and normalisation off for outbound headers, received data acknowledged at once, one write per
+  loop tick): the ceiling of a pure-Python h2 client with an awaitable API;
+* ``h2guard``: ``httpx.AsyncClient(transport=h2guard.AsyncHTTPTransport(
+  http2_prior_knowledge=True))``. If that cannot be imported its column is ``{"error": ...}``.
+
+Each run happens in a fresh child process (same interpreter, same event loop), which opens one
+connection, sends a warm-up wave, then times N requests with ``--concurrency`` workers; it
+reports req/s and per-request latency (p50/p99). A short calibration run per client first sizes
+N per client so that slow clients finish in about ``--seconds`` (never more than ``--requests``).
+Rounds alternate the clients (the order rotates every round) so that this machine's drift hits
+all alike; ratios are medians of per-round ratios. The number of connections and the protocol
+each run used are read from nginx's access log and the chaos server's ``/stats``.
+
+Prints one JSON object; never asserts on time. Targets (issue): h2guard >= 3x httpx, >= 2x
+niquests, >= 0.5x the bare loop.
+
+    .venv/bin/python benchmarks/client_throughput.py [--requests 20000] [--rounds 3]
+        [--concurrency 50] [--target nginx|chaos|both] [--seconds 10] [--loop asyncio|uvloop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+CLIENTS = ("httpx", "niquests", "bare", "h2guard")
+PATH = "/bytes/16"
+BODY_LEN = 16
+TARGETS = {"h2guard/httpx": 3.0, "h2guard/niquests": 2.0, "h2guard/bare": 0.5}
+# Measured on the project's machines (FIELD-NOTES §7 and the issue), for context only.
+REFERENCE = {"nginx_h2c_req_per_s": {"httpx": 1100, "niquests": 1600, "bare": 6500,
+                                     "h2load": 160000}}
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+CALIBRATION_SECONDS = 2.0
+MAX_ERRORS = 200  # a worker run stops starting requests after this many failures
+
+Get = Callable[[str], Awaitable[tuple[int, int, str]]]  # path -> (status, body length, version)
+
+
+# ===================================================================================== worker
+# Runs in a child process: one client, one connection, one measurement, one JSON line.
+
+
+class _BareH2Client(asyncio.Protocol):
+    """The least an asyncio + h2 client can do: prior knowledge, one connection, a future per
+    stream, every write of a loop tick coalesced into one ``transport.write``."""
+
+    def __init__(self, authority: bytes) -> None:
+        import h2.config
+        import h2.connection
+
+        self.loop = asyncio.get_running_loop()
+        self.conn = h2.connection.H2Connection(config=h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        self.authority = authority
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, tuple[asyncio.Future[tuple[int, int, str]], list[int]]] = {}
+        self.waiters: list[asyncio.Future[None]] = []  # for a free stream slot
+        self.settings_received: asyncio.Future[None] = self.loop.create_future()
+        self.error: BaseException | None = None
+        self.flush_scheduled = False
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.conn.initiate_connection()
+        self.transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+
+        try:
+            events = self.conn.receive_data(data)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                entry = self.pending.get(ev.stream_id)
+                if entry is not None:
+                    entry[1][1] += len(ev.data)
+            elif isinstance(ev, h2.events.ResponseReceived):
+                entry = self.pending.get(ev.stream_id)
+                if entry is not None:
+                    for name, value in ev.headers:
+                        if name == b":status":
+                            entry[1][0] = int(value)
+                            break
+            elif isinstance(ev, h2.events.StreamEnded):
+                entry = self.pending.pop(ev.stream_id, None)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_result((entry[1][0], entry[1][1], "HTTP/2"))
+                self._wake()
+            elif isinstance(ev, h2.events.StreamReset):
+                entry = self.pending.pop(ev.stream_id, None)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_exception(ConnectionError(
+                        f"stream {ev.stream_id} reset: {ev.error_code!r}"))
+                self._wake()
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                if not self.settings_received.done():
+                    self.settings_received.set_result(None)
+                self._wake()
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self._fail(ConnectionError(f"GOAWAY {ev.error_code!r}"))
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("connection closed"))
+
+    # -- client
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _wake(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        for fut, _ in self.pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self.pending.clear()
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self.waiters.clear()
+        if not self.settings_received.done():
+            self.settings_received.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    async def get(self, path: str) -> tuple[int, int, str]:
+        if self.error is not None:
+            raise self.error
+        while (self.conn.open_outbound_streams
+               >= self.conn.remote_settings.max_concurrent_streams):
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self.waiters.append(waiter)
+            await waiter
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"),
+                                     (b":authority", self.authority),
+                                     (b":path", path.encode())], end_stream=True)
+        fut: asyncio.Future[tuple[int, int, str]] = self.loop.create_future()
+        self.pending[sid] = (fut, [0, 0])
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        return await fut
+
+
+@contextlib.asynccontextmanager
+async def _client(name: str, base: str, concurrency: int) -> Any:
+    """Yield ``get(path) -> (status, body length, http version)`` for one client."""
+    if name in ("httpx", "h2guard"):
+        import httpx
+
+        if name == "httpx":
+            client = httpx.AsyncClient(http1=False, http2=True, base_url=base,
+                                       limits=httpx.Limits(max_connections=1), timeout=30)
+        else:
+            try:
+                import h2guard
+
+                transport = h2guard.AsyncHTTPTransport(
+                    http2_prior_knowledge=True)
+            except (ImportError, AttributeError) as exc:
+                raise _Unavailable(f"h2guard.AsyncHTTPTransport is not available: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            client = httpx.AsyncClient(transport=transport, base_url=base, timeout=30)
+
+        async def get_httpx(path: str) -> tuple[int, int, str]:
+            r = await client.get(path)
+            return r.status_code, len(r.content), r.http_version
+
+        async with client:
+            yield get_httpx
+    elif name == "niquests":
+        import niquests
+
+        session = niquests.AsyncSession(disable_http1=True, disable_http3=True,
+                                        pool_connections=1, pool_maxsize=1, timeout=30)
+
+        async def get_niquests(path: str) -> tuple[int, int, str]:
+            r = await session.get(base + path)
+            info = r.conn_info
+            version = str(info.http_version) if info is not None else f"raw:{r.http_version}"
+            return r.status_code or 0, len(r.content or b""), version
+
+        async with session:
+            yield get_niquests
+    elif name == "bare":
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_connection(
+            lambda: _BareH2Client(f"{host}:{port}".encode()), host, int(port))
+        try:
+            await asyncio.wait_for(proto.settings_received, 10)
+            yield proto.get
+        finally:
+            transport.close()
+    else:
+        raise ValueError(f"unknown client {name!r}")
+
+
+class _Unavailable(Exception):
+    """The client cannot run here (not installed, not written yet)."""
+
+
+async def _drive(get: Get, n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
+    """``n`` GETs through ``concurrency`` workers; stops starting new ones after ``max_seconds``
+    or ``MAX_ERRORS`` failures."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    versions: dict[str, int] = {}
+    issued = 0
+    clock = time.perf_counter
+    start = clock()
+    stop_at = start + max_seconds
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < n and len(errors) < MAX_ERRORS:
+            issued += 1
+            t0 = clock()
+            if t0 > stop_at:
+                issued -= 1
+                return
+            try:
+                status, length, version = await get(PATH)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            if status != 200 or length != BODY_LEN:
+                errors.append(f"status {status}, {length} body bytes")
+                continue
+            latencies.append(clock() - t0)
+            versions[version] = versions.get(version, 0) + 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = clock() - start
+    latencies.sort()
+
+    def pct(q: float) -> float | None:
+        if not latencies:
+            return None
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 3)
+
+    return {"requests": issued, "ok": len(latencies), "errors": len(errors),
+            "first_errors": sorted(set(errors))[:3], "seconds": round(elapsed, 3),
+            "req_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "http_versions": versions,
+            "truncated": issued < n}
+
+
+async def _worker(name: str, base: str, n: int, concurrency: int,
+                  max_seconds: float) -> dict[str, Any]:
+    try:
+        async with _client(name, base, concurrency) as get:
+            # Warm-up: the connection, the server's SETTINGS, lazy imports, caches.
+            warm = await _drive(get, 2 * concurrency, concurrency, 10.0)
+            if warm["ok"] == 0:
+                return {"error": "warm-up failed: " + "; ".join(warm["first_errors"])}
+            result = await asyncio.wait_for(_drive(get, n, concurrency, max_seconds),
+                                            max_seconds + 30)
+    except _Unavailable as exc:
+        return {"error": str(exc)}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    return result
+
+
+def _run_loop(loop_name: str, coro: Any) -> Any:
+    if loop_name == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    out = _run_loop(args.loop, _worker(args.worker, args.url, args.requests, args.concurrency,
+                                       args.max_seconds))
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+# ===================================================================================== servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Server:
+    """A server child process in its own process group, stopped (group and all) at exit."""
+
+    def __init__(self, name: str, cmd: list[str], workdir: Path) -> None:
+        self.name = name
+        self.out = workdir / f"{name}.out"
+        self.err = workdir / f"{name}.err"
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         start_new_session=True)
+        _LIVE.append(self)
+
+    def log(self) -> str:
+        text = ""
+        for path in (self.out, self.err):
+            with contextlib.suppress(OSError):
+                text += path.read_text(errors="replace")[-2000:]
+        return text.strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(STOP_TIMEOUT)
+        with contextlib.suppress(ValueError):
+            _LIVE.remove(self)
+
+
+_LIVE: list[Server] = []
+
+
+def _nginx_conf(workdir: Path, port: int) -> str:
+    # As root the workers would run as nobody and could not read the 0700 temporary directory.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    temp = "\n".join(f"    {kind}_temp_path {workdir}/{kind}_temp;"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""{user}worker_processes 1;
+events {{ worker_connections 256; }}
+http {{
+    log_format conn '$connection $server_protocol $status';
+    access_log {workdir}/access.log conn;
+{temp}
+    server {{
+        listen 127.0.0.1:{port} http2;
+        http2_max_concurrent_streams 128;
+        keepalive_requests 100000;
+        keepalive_timeout 120s;
+        location / {{ default_type application/octet-stream; return 200 "0123456789abcdef"; }}
+    }}
+}}
+"""
+
+
+def _nginx_binary(given: str | None) -> str | None:
+    if given:
+        return given if Path(given).is_file() else None
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/nginx/sbin/nginx") if Path(p).is_file()),
+        None)
+
+
+def start_nginx(workdir: Path, given: str | None) -> tuple[Server, str]:
+    binary = _nginx_binary(given)
+    if binary is None:
+        raise RuntimeError(f"nginx not found{f' at {given}' if given else ''} "
+                           "(apt-get install nginx-light; make peers)")
+    for attempt in range(3):
+        port = _free_port()
+        conf = workdir / "nginx.conf"
+        conf.write_text(_nginx_conf(workdir, port))
+        server = Server(f"nginx-{attempt}", [
+            binary, "-p", str(workdir), "-e", "stderr", "-c", str(conf),
+            "-g", f"daemon off; pid {workdir}/nginx.pid; error_log stderr;"], workdir)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                break
+            if _accepting(port):
+                return server, f"http://127.0.0.1:{port}"
+            time.sleep(0.05)
+        log = server.log()
+        server.stop()
+        if "in use" not in log:
+            raise RuntimeError(f"nginx did not start: {log[-500:]}")
+    raise RuntimeError("nginx: three free ports were all taken before it could bind them")
+
+
+def start_chaos(workdir: Path) -> tuple[Server, str, int]:
+    control = _free_port()
+    server = Server("chaos", [sys.executable, "-m", "h2guard", "chaos", "serve", "--h2c",
+                              "--port", "0", "--quiet", "--control-port", str(control)],
+                    workdir)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            line = server.out.read_text().split("\n", 1)[0].strip()
+            if line.startswith("http") and _accepting(control):
+                return server, line, control
+        if server.proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    log = server.log()
+    server.stop()
+    raise RuntimeError(f"chaos server did not start: {log[-500:]}")
+
+
+# ===================================================================================== parent
+
+
+class Target:
+    """Where a run goes, and how to count the connections and protocols a run used."""
+
+    def __init__(self, name: str, url: str, server: Server, *, access_log: Path | None = None,
+                 control_port: int | None = None) -> None:
+        self.name, self.url, self.server = name, url, server
+        self.access_log, self.control_port = access_log, control_port
+
+    def mark(self) -> Any:
+        if self.access_log is not None:
+            return self.access_log.stat().st_size if self.access_log.exists() else 0
+        if self.control_port is not None:
+            return self._stats()
+        return None
+
+    def observed(self, mark: Any) -> dict[str, Any]:
+        """Connections opened and protocols seen since ``mark``."""
+        if self.access_log is not None:
+            with self.access_log.open("rb") as f:
+                f.seek(mark)
+                lines = f.read().decode(errors="replace").splitlines()
+            conns = {ln.split(" ", 1)[0] for ln in lines if ln}
+            protocols: dict[str, int] = {}
+            for ln in lines:
+                parts = ln.split(" ")
+                if len(parts) >= 2:
+                    protocols[parts[1]] = protocols.get(parts[1], 0) + 1
+            return {"server_connections": len(conns), "server_protocols": protocols,
+                    "server_requests": len(lines)}
+        if self.control_port is not None and mark is not None:
+            now = self._stats()
+            if now is None:
+                return {}
+            return {"server_connections": now["connections"] - mark["connections"],
+                    "server_requests": now["requests"] - mark["requests"]}
+        return {}
+
+    def _stats(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.control_port}/stats",
+                                        timeout=5) as r:
+                return cast(dict[str, Any], json.loads(r.read()))
+        except (OSError, ValueError):
+            return None
+
+
+def run_client(target: Target, client: str, n: int, args: argparse.Namespace,
+               max_seconds: float) -> dict[str, Any]:
+    if target.server.proc.poll() is not None:
+        return {"error": f"{target.name} exited: {target.server.log()[-300:]}"}
+    mark = target.mark()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", client, "--url",
+           target.url, "--requests", str(n), "--concurrency", str(args.concurrency),
+           "--max-seconds", str(max_seconds), "--loop", args.loop]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=max_seconds + 60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=STOP_TIMEOUT)
+        return {"error": f"worker timed out after {max_seconds + 60:.0f} s"}
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"error": f"worker exited {proc.returncode}: {err.strip()[-500:]}"}
+    result = cast(dict[str, Any], json.loads(lines[-1]))
+    if "error" not in result:
+        result.update(target.observed(mark))
+    return result
+
+
+def _h2load(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    if shutil.which("h2load") is None:
+        return {"error": "h2load not found (apt-get install nghttp2-client)"}
+    try:
+        out = subprocess.run(["h2load", "-n", str(n), "-c", "1", "-m", str(concurrency),
+                              url + PATH], capture_output=True, text=True, timeout=120,
+                             check=False).stdout
+    except subprocess.TimeoutExpired:
+        return {"error": "h2load timed out"}
+    rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    done = re.search(r"(\d+) succeeded, (\d+) failed", out)
+    if rate is None or done is None:
+        return {"error": "could not parse h2load output"}
+    return {"req_per_s": float(rate.group(1)), "succeeded": int(done.group(1)),
+            "failed": int(done.group(2))}
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def bench_target(target: Target, args: argparse.Namespace,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    clients: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, int] = {}
+    # Calibration: how fast is each client here? Size its runs to about --seconds.
+    for client in CLIENTS:
+        cal = run_client(target, client, args.requests, args, CALIBRATION_SECONDS)
+        if "error" in cal:
+            clients[client] = {"error": cal["error"]}
+            log(f"{target.name} {client}: {cal['error']}")
+            continue
+        floor = min(args.requests, 20 * args.concurrency)
+        sizes[client] = max(floor, min(args.requests, int(cal["req_per_s"] * args.seconds)))
+        clients[client] = {"requests": sizes[client], "calibration_req_per_s": cal["req_per_s"],
+                           "rounds": []}
+        log(f"{target.name} {client}: calibration {cal['req_per_s']} req/s -> "
+            f"{sizes[client]} requests per round")
+    runnable = [c for c in CLIENTS if c in sizes]
+    for rnd in range(args.rounds):
+        order = runnable[rnd % len(runnable):] + runnable[:rnd % len(runnable)] \
+            if runnable else []
+        for client in order:
+            res = run_client(target, client, sizes[client], args, 3 * args.seconds + 10)
+            clients[client]["rounds"].append(res)
+            log(f"{target.name} round {rnd + 1} {client}: "
+                + (res["error"] if "error" in res else
+                   f"{res['req_per_s']} req/s p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms "
+                   f"errors {res['errors']} conns {res.get('server_connections')}"))
+    for client in runnable:
+        rounds = clients[client]["rounds"]
+        good = [r for r in rounds if "error" not in r]
+        clients[client]["median_req_per_s"] = _median([r["req_per_s"] for r in good])
+        clients[client]["median_p50_ms"] = _median([r["p50_ms"] for r in good
+                                                   if r["p50_ms"] is not None])
+        clients[client]["median_p99_ms"] = _median([r["p99_ms"] for r in good
+                                                   if r["p99_ms"] is not None])
+        clients[client]["req_per_s_per_round"] = [r.get("req_per_s") for r in rounds]
+        if len(good) < len(rounds):
+            clients[client]["failed_rounds"] = len(rounds) - len(good)
+        if not good:
+            clients[client]["error"] = rounds[0]["error"] if rounds else "no rounds"
+    ratios: dict[str, Any] = {}
+    for key, goal in TARGETS.items():
+        num, den = key.split("/")
+        per_round: list[float | None] = []
+        for rnd in range(args.rounds):
+            a = _round_rate(clients.get(num), rnd)
+            b = _round_rate(clients.get(den), rnd)
+            per_round.append(round(a / b, 3) if a is not None and b else None)
+        valid = [r for r in per_round if r is not None]
+        med = _median(valid)
+        ratios[key] = {"per_round": per_round, "median": med, "target": goal,
+                       "meets_target": (med >= goal) if med is not None else None}
+    for key in ("niquests/httpx", "bare/httpx"):  # context: how the baselines compare
+        num, den = key.split("/")
+        valid = [a / b for rnd in range(args.rounds)
+                 if (a := _round_rate(clients.get(num), rnd)) is not None
+                 and (b := _round_rate(clients.get(den), rnd))]
+        ratios[key] = {"median": _median(valid)}
+    out: dict[str, Any] = {"url": target.url, "clients": clients, "ratios": ratios}
+    if not args.no_h2load:
+        out["h2load_same_load"] = _h2load(target.url, args.requests, args.concurrency)
+    return out
+
+
+def _round_rate(client: dict[str, Any] | None, rnd: int) -> float | None:
+    if not client or "rounds" not in client or rnd >= len(client["rounds"]):
+        return None
+    r = client["rounds"][rnd]
+    return None if "error" in r else cast(float, r["req_per_s"])
+
+
+def _versions(nginx: str | None) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in ("httpx", "httpcore", "h2", "niquests", "urllib3-future", "jh2", "uvloop"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    out["nginx"] = None
+    if nginx is not None:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            v = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10).stderr
+            out["nginx"] = v.strip().rsplit("/", 1)[-1] or None
+    return out
+
+
+@contextlib.contextmanager
+def _servers_stopped_at_exit() -> Iterator[None]:
+    def on_signal(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for server in list(_LIVE):
+            server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000,
+                        help="requests per run for fast clients (slow ones get fewer)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--target", choices=("nginx", "chaos", "both"), default="both")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="size each client's runs to take about this long")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="event loop of the clients (asyncio: what asyncio.run gives)")
+    parser.add_argument("--no-h2load", action="store_true",
+                        help="skip the h2load reference run against each target")
+    parser.add_argument("--nginx", metavar="PATH",
+                        help="the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--max-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker_main(args)
+    if args.requests < 1 or args.rounds < 1 or args.concurrency < 1 or args.seconds <= 0:
+        parser.error("--requests, --rounds, --concurrency and --seconds must be positive")
+    if args.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            parser.error("uvloop is not installed (pip install 'h2guard[speed]')")
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    report: dict[str, Any] = {
+        "benchmark": "client_throughput",
+        "load": {"requests_max": args.requests, "concurrency": args.concurrency,
+                 "connections_per_client": 1, "path": PATH, "rounds": args.rounds,
+                 "seconds_per_run": args.seconds, "method": "GET"},
+        "environment": {"python": sys.version.split()[0], "cpus": os.cpu_count(),
+                        "loop": args.loop,
+                        "versions": _versions(_nginx_binary(args.nginx))},
+        "targets": {},
+        "goals": TARGETS,
+        "reference_measured_elsewhere": REFERENCE,
+    }
+    names = ("nginx", "chaos") if args.target == "both" else (args.target,)
+    workdir = Path(tempfile.mkdtemp(prefix="h2guard-client-bench-"))
+    try:
+        with _servers_stopped_at_exit():
+            for name in names:
+                try:
+                    if name == "nginx":
+                        server, url = start_nginx(workdir, args.nginx)
+                        target = Target(name, url, server, access_log=workdir / "access.log")
+                    else:
+                        server, url, control = start_chaos(workdir)
+                        target = Target(name, url, server, control_port=control)
+                except RuntimeError as exc:
+                    report["targets"][name] = {"error": str(exc)}
+                    log(f"{name}: {exc}")
+                    continue
+                log(f"{name}: {url}")
+                try:
+                    report["targets"][name] = bench_target(target, args, log)
+                finally:
+                    server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
