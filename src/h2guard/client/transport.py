@@ -301,7 +301,11 @@ class _ResponseStream(httpx.AsyncByteStream):
                 return
             st.readable.clear()
             try:
-                await asyncio.wait_for(st.readable.wait(), self._timeout)
+                if self._timeout is None:
+                    await st.readable.wait()
+                else:
+                    async with asyncio.timeout(self._timeout):
+                        await st.readable.wait()
             except TimeoutError:
                 conn.cancel(st)
                 raise attach(Failure("timeout", "yes", None, st.sid, None, conn.origin,
