@@ -59,6 +59,8 @@ MAX_REQUEST_BODY = 256 * 1024 * 1024
 """Request bodies above this get 413 (the server holds bodies it echoes or forwards)."""
 _CONTINUE, _SUSPEND, _STOP = 0, 1, 2
 _MAX_CHUNK = 65536
+_LINGER = 2.0
+"""Seconds a closing connection keeps discarding input before it is aborted."""
 _HIGH_WATER = 512 * 1024
 
 # stream steps
@@ -183,8 +185,8 @@ class _H2Protocol(asyncio.Protocol):
             self.sniffing = True
 
     def data_received(self, data: bytes) -> None:
-        if self.blackholed:
-            return
+        if self.blackholed or self.closing:
+            return  # a black hole answers nothing; a lingering close discards input
         if self.sniffing:
             data = self.sniffed + data
             if len(data) < 8 and _undecided(data):
@@ -941,8 +943,18 @@ class _H2Protocol(asyncio.Protocol):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                     struct.pack("ii", 1, 0))
             transport.abort()
-        else:
-            transport.close()
+            return
+        # A lingering close, as nginx does: closing a socket with unread input makes the
+        # kernel send a TCP RST, which destroys responses still in our send buffer (streams
+        # the GOAWAY promised to finish). So: send FIN after what is queued, discard what the
+        # client still sends, and only then let go (at most _LINGER seconds later).
+        self._flush()
+        if transport.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
+            self.loop.call_later(_LINGER, transport.abort)
+        else:  # TLS cannot half-close: keep reading (and discarding) a while, then close
+            self.loop.call_later(_LINGER, transport.close)
 
     def _maybe_finish(self) -> None:
         """After the final GOAWAY, close once the last stream at or below its id ended."""
