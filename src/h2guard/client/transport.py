@@ -329,6 +329,9 @@ def _with_attempts(failure: Failure, attempts: int) -> Failure:
 def _empty(request: httpx.Request) -> bool:
     stream = request.stream
     if isinstance(stream, httpx.ByteStream):
+        held = getattr(stream, "_stream", None)  # httpx keeps the bytes: look, do not iterate
+        if isinstance(held, bytes):
+            return not held
         return all(len(chunk) == 0 for chunk in stream)
     return bool(request.headers.get("content-length") == "0")
 

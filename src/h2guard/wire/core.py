@@ -143,6 +143,7 @@ class H2Core:
         "_conn",
         "_initial_window_target",
         "_out",
+        "_peer_limit",
         "_pending_acks",
         "_pings",
         "_stream_limit",
@@ -199,6 +200,7 @@ class H2Core:
         self._withheld: dict[int, int] = {}
         self._pending_acks: list[tuple[int, int]] = []
         self._pings: dict[bytes, float] = {}
+        self._peer_limit = 2**32 + 1  # the peer's MAX_CONCURRENT_STREAMS; none until SETTINGS
         self.auto_ack = True
         self.closed = False
         self.failure: ConnectionFailed | None = None
@@ -418,8 +420,10 @@ class H2Core:
                     unprocessed = tuple(gone)
                 out.append(GoAwayReceived(code, last, ev.additional_data or b"", unprocessed))
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
-                out.append(SettingsReceived({int(k): v.new_value
-                                             for k, v in ev.changed_settings.items()}))
+                changed = {int(k): v.new_value for k, v in ev.changed_settings.items()}
+                if _MCS in changed:
+                    self._peer_limit = changed[_MCS]
+                out.append(SettingsReceived(changed))
             elif isinstance(ev, h2.events.SettingsAcknowledged):
                 out.append(SettingsAcked({int(k): v.new_value
                                           for k, v in ev.changed_settings.items()}))
@@ -660,7 +664,7 @@ class H2Core:
         """Client role: no GOAWAY seen and below the peer's MAX_CONCURRENT_STREAMS."""
         if self.closed or self.goaway_received is not None:
             return False
-        return len(self._streams) < self._conn.remote_settings.max_concurrent_streams
+        return len(self._streams) < self._peer_limit
 
     # ------------------------------------------------------------------ state
 
