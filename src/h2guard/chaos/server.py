@@ -447,9 +447,7 @@ class _H2Protocol(asyncio.Protocol):
                     return
                 out = server.app(req)
                 if isinstance(out, Deferred):
-                    st.step = _APP_WAIT
-                    st.response = out.response
-                    st.timer = self._later(out.delay, self._resume_app, st)
+                    self._defer(st, out)
                     return
                 st.response = out
                 st.step = _AFTER_APP
@@ -492,9 +490,7 @@ class _H2Protocol(asyncio.Protocol):
         step machine has nothing to decide; answer at once (a deferred app still waits)."""
         out = self.server.app(Request(st.method, st.path, st.headers, b"", st.sid, self.cid))
         if isinstance(out, Deferred):
-            st.step = _APP_WAIT
-            st.response = out.response
-            st.timer = self._later(out.delay, self._resume_app, st)
+            self._defer(st, out)
             return
         st.response = out
         body = out.body
@@ -523,6 +519,12 @@ class _H2Protocol(asyncio.Protocol):
                 return  # the window is short: _advance resumes at _BODY
         self.streams.pop(st.sid, None)
         st.dead = True
+
+    def _defer(self, st: _Stream, out: Deferred) -> None:
+        """The app answers later (``/delay``): park the stream until its timer fires."""
+        st.step = _APP_WAIT
+        st.response = out.response
+        st.timer = self._later(out.delay, self._resume_app, st)
 
     def _resume_app(self, st: _Stream) -> None:
         st.timer = None
