@@ -110,7 +110,6 @@ class _Stream:
         "sid",
         "step",
         "timer",
-        "waiting",
         "window_blocked",
     )
 
@@ -135,7 +134,6 @@ class _Stream:
         self.delay_after: int | None = None
         self.delay_ready = False
         self.timer: asyncio.TimerHandle | None = None
-        self.waiting = False
         self.window_blocked = False
         self.end_after_headers = False
 

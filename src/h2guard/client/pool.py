@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
-from collections.abc import Callable
 
 from h2guard.client.connection import Connection, ConnectionSettings
 from h2guard.errors import Failure
@@ -226,5 +225,3 @@ class OriginPool:
         if self.events is not None:
             self.events.emit(name, origin=self.origin, **data)
 
-
-PoolFactory = Callable[[str], OriginPool]

@@ -139,7 +139,6 @@ class H2Core:
     """
 
     __slots__ = (
-        "_closed_streams",
         "_conn",
         "_initial_window_target",
         "_out",
@@ -196,7 +195,6 @@ class H2Core:
         self._initial_window_target = connection_window
         self._out: list[bytes] = []
         self._streams: dict[int, list[bool]] = {}  # id -> [recv_closed, send_closed]
-        self._closed_streams = 0
         self._withheld: dict[int, int] = {}
         self._pending_acks: list[tuple[int, int]] = []
         self._pings: dict[bytes, float] = {}
@@ -466,7 +464,6 @@ class H2Core:
         if state[0] and state[1]:
             del self._streams[stream_id]
             self._forget_withheld(stream_id)
-            self._closed_streams += 1
 
     def _forget_withheld(self, stream_id: int) -> None:
         """A stream closed with DATA never acknowledged: give the connection window back, or
@@ -526,7 +523,6 @@ class H2Core:
         if state[0]:
             del self._streams[stream_id]
             self._forget_withheld(stream_id)
-            self._closed_streams += 1
         return 1
 
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> int:
