@@ -3,6 +3,7 @@ time, instead of hanging until some far-away read timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -37,3 +38,20 @@ async def test_black_hole_while_waiting_is_abandoned_in_bounded_time() -> None:
         # the next request opens a fresh connection and works
         fresh = await client.get(f"{server.url}/status/204")
         assert fresh.status_code == 204
+
+
+async def test_read_timeout_without_response_headers() -> None:
+    transport = h2guard.AsyncHTTPTransport(http2_prior_knowledge=True)
+    async with serve(h2c=True) as server, httpx.AsyncClient(transport=transport) as client:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await client.get(f"{server.url}/delay/3000", timeout=httpx.Timeout(5.0, read=0.3))
+        assert 0.3 <= time.monotonic() - started < 1.5
+        failure = failure_of(caught.value)
+        assert failure is not None and failure.kind == "timeout"
+        assert failure.processed == "maybe"
+        # the stream was reset (CANCEL), the connection still serves
+        assert (await client.get(f"{server.url}/status/204")).status_code == 204
+        await asyncio.sleep(0.05)
+        resets = [e for e in server.events if e.name == "chaos.stream.reset_by_client"]
+        assert resets and resets[0].data["code"] == "CANCEL"

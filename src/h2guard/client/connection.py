@@ -433,8 +433,7 @@ class Connection(asyncio.Protocol):
 
     def consumed(self, st: StreamState, length: int) -> None:
         """The reader took ``length`` bytes: let the server send that much more."""
-        if length and not self.closed:
-            self.core.acknowledge(st.sid, length)
+        if length and not self.closed and self.core.acknowledge(st.sid, length):
             self._flush_soon()
 
     def cancel(self, st: StreamState) -> None:

@@ -179,9 +179,14 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                 if read_timeout is None:
                     await st.response
                 else:
-                    async with asyncio.timeout(read_timeout):
+                    # a bare timer, not asyncio.timeout(): it is on every request's path
+                    timer = conn.loop.call_later(read_timeout, _response_timed_out, st,
+                                                 read_timeout)
+                    try:
                         await st.response
-            except TimeoutError:
+                    finally:
+                        timer.cancel()
+            except TimeoutError:  # the request body could not be written in time
                 conn.cancel(st)
                 raise attach(Failure("timeout", "maybe", None, st.sid, None, pool.origin,
                                      f"no response within {timeouts.get('read')} s",
@@ -277,6 +282,14 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             self._http1 = httpx.AsyncHTTPTransport(verify=verify, cert=self._cert,
                                                    http1=True, http2=False)
         return await self._http1.handle_async_request(request)
+
+
+def _response_timed_out(st: StreamState, seconds: float) -> None:
+    """The read timeout passed with no response HEADERS: fail (and reset) the stream."""
+    if not st.response.done():
+        st.fail(Failure("timeout", "maybe", None, st.sid, None, st.conn.origin,
+                        f"no response within {seconds} s"))
+        st.conn.cancel(st)
 
 
 class _ResponseStream(httpx.AsyncByteStream):

@@ -637,20 +637,23 @@ class H2Core:
         if pending:
             self._ack(stream_id, pending, known=stream_id in self._streams)
 
-    def acknowledge(self, stream_id: int, length: int) -> None:
+    def acknowledge(self, stream_id: int, length: int) -> bool:
         """The owner consumed ``length`` bytes of DATA: open the windows by that much.
 
         With ``auto_ack`` off (the client), a slow reader holds at most one stream window of
-        data per stream: the peer cannot send more until the reader catches up."""
+        data per stream: the peer cannot send more until the reader catches up. Returns
+        whether anything was acknowledged (False: the stream already closed and gave its bytes
+        back)."""
         held = self._withheld.get(stream_id)
         if not held or self.closed:
-            return
+            return False  # already given back (the stream closed): nothing to send
         length = min(length, held)
         if held > length:
             self._withheld[stream_id] = held - length
         else:
             del self._withheld[stream_id]
         self._ack(stream_id, length, known=stream_id in self._streams)
+        return True
 
     def next_stream_id(self) -> int:
         """Client role: the id the next request will use."""
