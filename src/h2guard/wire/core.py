@@ -111,23 +111,23 @@ class _Connection(h2.connection.H2Connection):
     _SWEEP = 32
     _h2guard_new = 0
 
-    @property
-    def open_inbound_streams(self) -> int:
+    def _sweep_due(self) -> bool:
         self._h2guard_new += 1
         if self._h2guard_new >= self._SWEEP:
             self._h2guard_new = 0
-            return super().open_inbound_streams
-        return 0  # compared with the unenforced limit only (see _UnenforcedLimit)
+            return True
+        return False
+
+    @property
+    def open_inbound_streams(self) -> int:
+        # compared with the unenforced limit only (see _UnenforcedLimit)
+        return super().open_inbound_streams if self._sweep_due() else 0
 
     @property
     def open_outbound_streams(self) -> int:
         # Client role: the core checks the peer's limit before it opens a stream
         # (:meth:`H2Core.can_open_stream`), with its own count of the streams it opened.
-        self._h2guard_new += 1
-        if self._h2guard_new >= self._SWEEP:
-            self._h2guard_new = 0
-            return super().open_outbound_streams
-        return 0
+        return super().open_outbound_streams if self._sweep_due() else 0
 
 
 class H2Core:
@@ -520,9 +520,7 @@ class H2Core:
         except h2.exceptions.ProtocolError:
             return -1
         state[1] = True
-        if state[0]:
-            del self._streams[stream_id]
-            self._forget_withheld(stream_id)
+        self._maybe_close(stream_id, state)
         return 1
 
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> int:
