@@ -130,6 +130,33 @@ class _Connection(h2.connection.H2Connection):
         # (:meth:`H2Core.can_open_stream`), with its own count of the streams it opened.
         return super().open_outbound_streams if self._sweep_due() else 0
 
+    def _receive_frame(self, frame: Any) -> list[h2.events.Event]:
+        # h2's version formats ``repr(frame)`` for a trace log on every frame, even with
+        # logging off (~4% of a small request). Same dispatch and the same handling of frames
+        # on closed streams, without that.
+        events: list[h2.events.Event]
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except h2.exceptions.StreamClosedError as exc:
+            if not self._stream_is_closed_by_reset(exc.stream_id):
+                raise
+            self._send_rst(exc.stream_id, exc.error_code)
+            return list(exc._events)
+        except h2.exceptions.StreamIDTooLowError as exc:
+            if self._stream_is_closed_by_reset(exc.stream_id):
+                self._send_rst(exc.stream_id, h2.errors.ErrorCodes.STREAM_CLOSED)
+                return []
+            if self._stream_is_closed_by_end(exc.stream_id):
+                raise h2.exceptions.StreamClosedError(exc.stream_id) from exc
+            raise
+        self._prepare_for_sending(frames)
+        return events
+
+    def _send_rst(self, stream_id: int, code: Any) -> None:
+        frame = hyperframe.frame.RstStreamFrame(stream_id)
+        frame.error_code = code
+        self._prepare_for_sending([frame])
+
 
 class H2Core:
     """One HTTP/2 connection, client or server role, with no I/O of its own.
