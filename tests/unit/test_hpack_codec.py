@@ -125,3 +125,68 @@ def test_h2_core_uses_it() -> None:
     from h2guard.wire.core import H2Core
 
     assert isinstance(H2Core(client=True)._conn.decoder, FastDecoder)
+
+
+# ---------------------------------------------------------------------------- encoder
+
+enc_names = st.sampled_from([b":method", b":path", b":authority", b"accept", b"user-agent",
+                             b"cookie", b"authorization", b"x-custom", b"content-length",
+                             b"idempotency-key", b"accept-encoding"])
+enc_values = st.one_of(st.sampled_from([b"GET", b"/", b"gzip, deflate", b"*/*", b"",
+                                        b"python-httpx/0.28", b"a" * 30]),
+                       st.binary(max_size=60), st.binary(min_size=500, max_size=700))
+enc_block = st.tuples(st.lists(st.tuples(enc_names, enc_values, st.booleans()), max_size=10),
+                      st.one_of(st.none(), st.integers(0, 8192)))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(enc_block, min_size=1, max_size=15))
+def test_encoder_output_decodes_to_the_same_fields_with_hpack(spec: list) -> None:
+    from h2guard.wire.hpack_codec import FastEncoder
+
+    enc, dec = FastEncoder(), hpack.Decoder()
+    for fields, new_size in spec:
+        if new_size is not None:
+            enc.header_table_size = new_size  # the peer's SETTINGS_HEADER_TABLE_SIZE
+            dec.max_allowed_table_size = new_size
+        headers = [hpack.NeverIndexedHeaderTuple(n, v) if s else (n, v) for n, v, s in fields]
+        decoded = dec.decode(enc.encode(headers), raw=True)
+        assert [(bytes(n), bytes(v)) for n, v in decoded] == [(n, v) for n, v, _ in fields]
+        for (name, value, secret), got in zip(fields, decoded, strict=True):
+            if not value and name in (b"cookie", b"authorization"):
+                continue  # a full static-table match: one byte, and nothing secret in it
+            if secret or name == b"authorization" or (name == b"cookie" and len(value) < 20):
+                assert isinstance(got, hpack.NeverIndexedHeaderTuple), name
+        assert enc.header_table_size <= 4096
+
+
+def test_encoder_reuses_the_table_for_repeated_requests_and_keeps_unique_values_out() -> None:
+    from h2guard.wire.hpack_codec import FastEncoder
+
+    enc, dec = FastEncoder(), hpack.Decoder()
+    request = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"api.example"),
+               (b":path", b"/orders/1"), (b"accept", b"*/*"),
+               (b"user-agent", b"python-httpx/0.28.1"), (b"idempotency-key", b"k" * 32)]
+    first = enc.encode(request)
+    again = enc.encode([*request[:3], (b":path", b"/orders/2"), *request[4:6],
+                        (b"idempotency-key", b"j" * 32)])
+    assert len(again) <= len(first) - 25  # authority, accept, user-agent: one byte each
+    dec.decode(first, raw=True)
+    assert dec.decode(again, raw=True)[3] == (b":path", b"/orders/2")
+    stored = {bytes(n) for n, _ in dec.header_table.dynamic_entries}
+    assert b":path" not in stored and b"idempotency-key" not in stored
+    assert b"user-agent" in stored
+
+
+def test_encoder_signals_the_smallest_table_size_then_the_current_one() -> None:
+    from h2guard.wire.hpack_codec import FastEncoder
+
+    enc, dec = FastEncoder(), hpack.Decoder()
+    dec.decode(enc.encode([(b"x-a", b"1")]), raw=True)
+    enc.header_table_size = 0
+    enc.header_table_size = 100
+    block = enc.encode([(b"x-a", b"1")])
+    assert block[:3] == bytes([0x20, 0x3F, 100 - 31])  # size 0, then size 100
+    dec.max_allowed_table_size = 100
+    assert dec.decode(block, raw=True) == [(b"x-a", b"1")]
+    assert dec.header_table_size == 100

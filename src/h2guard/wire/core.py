@@ -57,7 +57,7 @@ from h2guard.wire.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2guard.wire.hpack_codec import FastDecoder
+from h2guard.wire.hpack_codec import FastDecoder, FastEncoder
 
 __all__ = ["MAX_STREAM_ID", "PREFACE", "H2Core"]
 
@@ -207,6 +207,7 @@ class H2Core:
         conn = _Connection(config=config)
         conn.state_machine._transitions = _DRAINING_TRANSITIONS
         conn.decoder = FastDecoder(max_header_list_size)  # type: ignore[assignment]
+        conn.encoder = FastEncoder()  # type: ignore[assignment]
         self._conn = conn
         self.client = client
         initial: dict[int, int] = {
