@@ -80,6 +80,10 @@ def chaos_serve(
     key: Annotated[Path | None, typer.Option(help="Your TLS private key (PEM).")] = None,
     ca_dir: Annotated[Path | None, typer.Option(
         help="Write the generated CA to DIR/ca.pem (default: a temporary folder).")] = None,
+    honour_idempotency_keys: Annotated[bool, typer.Option(
+        "--honour-idempotency-keys",
+        help="POST /orders with an Idempotency-Key seen before replays the first response "
+             "and records no new effect (a stand-in for a server with key support).")] = False,
     duration: Annotated[float | None, typer.Option(
         help="Stop by itself after this many seconds.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q",
@@ -109,7 +113,8 @@ def chaos_serve(
                           keyfile=str(key) if key else None, upstream=upstream,
                           control_port=control_port, control_host=control_host,
                           control_allow_remote=allow_remote_control,
-                          ca_dir=str(ca_dir) if ca_dir else None)
+                          ca_dir=str(ca_dir) if ca_dir else None,
+                          honour_idempotency_keys=honour_idempotency_keys)
     code = run(RunOptions(scenario=chosen, config=config, events_path=events, quiet=quiet,
                           duration=duration))
     raise typer.Exit(code)

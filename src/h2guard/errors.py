@@ -100,8 +100,12 @@ class Failure:
         if self.kind in ("stream_reset", "goaway"):
             meaning = error_code(self.code or 0).meaning if self.code is not None else ""
             what = "RST_STREAM" if self.kind == "stream_reset" else "GOAWAY"
-            return (f"The server ended the stream{where} with {what} {self.code_name}"
-                    f" ({meaning}) after the request was sent; it may have been processed, so "
+            if self.code is not None:
+                what = f"{what} {self.code_name} ({meaning})"
+            elif self.detail:
+                what = f"{what} ({self.detail})"
+            return (f"The server ended the stream{where} with {what}"
+                    " after the request was sent; it may have been processed, so "
                     "only an idempotent request or one with an Idempotency-Key can be sent "
                     "again.")
         if self.kind == "connection_lost":
@@ -172,10 +176,11 @@ _TYPES: dict[str, type[httpx.TransportError]] = {
 
 
 def attach(failure: Failure, *, request: httpx.Request | None = None,
-           cls: type[httpx.TransportError] | None = None) -> httpx.TransportError:
+           cls: type[httpx.TransportError] | None = None,
+           message: str | None = None) -> httpx.TransportError:
     """Build the httpx exception for a failure, with the record on ``.failure``."""
     exc_type = cls or _TYPES.get(failure.kind, ConnectionLostError)
-    message = failure.explain()
+    message = message or failure.explain()
     exc = exc_type(message, request=request) if request is not None else exc_type(message)
     exc.failure = failure  # type: ignore[attr-defined]
     return exc

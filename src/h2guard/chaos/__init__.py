@@ -29,13 +29,15 @@ async def serve(
     control_port: int | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
+    honour_idempotency_keys: bool = False,
 ) -> AsyncIterator[ChaosServer]:
     """Run a chaos server for the duration of the block.
 
     ``scenario`` is a :class:`Scenario` or the path of a TOML file; ``profile`` names a
     middlebox profile instead (``h2guard chaos profiles`` lists them). TLS with a fresh
     self-signed CA is the default (trust ``server.ca_file``); ``h2c=True`` serves cleartext
-    HTTP/2 with prior knowledge (and HTTP/1.1 on the same port).
+    HTTP/2 with prior knowledge (and HTTP/1.1 on the same port). ``honour_idempotency_keys``
+    makes ``POST /orders`` replay the first response for a key it has seen.
     """
     if isinstance(scenario, str) or profile is not None:
         from h2guard.chaos.scenario import resolve
@@ -43,7 +45,7 @@ async def serve(
         scenario = resolve(profile, scenario if isinstance(scenario, str) else None)
     config = ServerConfig(host=host, port=port, h2c=h2c, time_scale=time_scale, seed=seed,
                           upstream=upstream, control_port=control_port, certfile=certfile,
-                          keyfile=keyfile)
+                          keyfile=keyfile, honour_idempotency_keys=honour_idempotency_keys)
     server = ChaosServer(scenario, config=config)
     await server.start()
     try:

@@ -107,6 +107,8 @@ def _text(status: int, text: str) -> Response:
                              (b"content-length", str(len(body)).encode())], body)
 
 
+_MAX_KEYS = 100_000
+
 _ENDPOINTS = {
     "GET /echo": "request details as JSON",
     "POST /echo": "the request body, echoed",
@@ -121,9 +123,14 @@ _ENDPOINTS = {
 class App:
     """Routes a complete request to a response. Pure apart from the ledger."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, honour_idempotency_keys: bool = False) -> None:
         self.ledger = ledger
         self._static: dict[str, Response] = {}
+        # A stand-in for a server with idempotency support (h2guard.idempotency is the real
+        # middleware): POST /orders with a key seen before replays the stored response and
+        # records no new effect. Bounded: the oldest keys are forgotten first.
+        self.honour_keys = honour_idempotency_keys
+        self._replies: dict[str, Response] = {}
 
     def __call__(self, req: Request) -> Response | Deferred:
         if req.method == "GET":
@@ -174,13 +181,24 @@ class App:
             if method != "POST":
                 return _text(405, "use POST /orders\n")
             key = req.header(b"idempotency-key")
+            if key is not None and self.honour_keys:
+                stored = self._replies.get(key)
+                if stored is not None:
+                    return Response(stored.status,
+                                    [*stored.headers, (b"idempotent-replayed", b"true")],
+                                    stored.body)
             rid = req.header(b"x-request-id")
             effect = self.ledger.record(request_id=rid, idempotency_key=key,
                                         stream_id=req.stream_id,
                                         connection_id=req.connection_id)
-            return _json(201, {"order": effect.seq, "request_id": effect.request_id,
-                               "idempotency_key": key, "stream_id": req.stream_id,
-                               "connection_id": req.connection_id})
+            reply = _json(201, {"order": effect.seq, "request_id": effect.request_id,
+                                "idempotency_key": key, "stream_id": req.stream_id,
+                                "connection_id": req.connection_id})
+            if key is not None and self.honour_keys:
+                if len(self._replies) >= _MAX_KEYS:
+                    del self._replies[next(iter(self._replies))]
+                self._replies[key] = reply
+            return reply
         if path == "/ledger":
             return _json(200, self.ledger.summary())
         if path == "/":

@@ -84,6 +84,7 @@ class ServerConfig:
     control_allow_remote: bool = False
     max_header_list_size: int = 65536
     validate_headers: bool = True
+    honour_idempotency_keys: bool = False
     ca_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -1158,7 +1159,8 @@ class ChaosServer:
                                time_scale=self.config.time_scale)
         self.events = EventLog()
         self.ledger = Ledger()
-        self.app = App(self.ledger)
+        self.app = App(self.ledger,
+                       honour_idempotency_keys=self.config.honour_idempotency_keys)
         self.upstream: Any = None
         self.fault_counts: dict[tuple[str, str], int] = {}
         self.requests = 0

@@ -148,6 +148,8 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         pool = self._pool_for(request)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         attempt = refused = drained = 0
+        # RetryTransport sets 0: it makes every retry decision (and budgets them) itself
+        limit: int = request.extensions.get("h2guard.transparent_retries", self._retries)
         replayable = isinstance(request.stream, httpx.ByteStream)
         body_started = False
         while True:
@@ -156,7 +158,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                 conn = pool.ready_connection() or await pool.acquire(timeout=timeouts.get("pool"))
             except PoolFailure as exc:
                 failure = exc.failure
-                if failure.kind == "connect" and attempt <= 2:
+                if failure.kind == "connect" and attempt <= 2 and limit:
                     await asyncio.sleep(0.05 * attempt)  # one quick second try: nothing sent
                     continue
                 raise attach(_with_attempts(failure, attempt), request=request) from None
@@ -166,7 +168,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                 st = conn.open_stream(_h2_headers(request), end_stream=_empty(request))
             except ConnectionError:  # h2 would not open it (the connection is going away)
                 conn._retire("could not open a stream")
-                if attempt <= self._retries:
+                if attempt <= max(limit, 1):
                     continue
                 raise attach(Failure("connect", "no", None, None, None, pool.origin,
                                      "no connection would open a stream", attempt),
@@ -204,17 +206,17 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                 drained += 1  # a draining server is alive: allow more moves, still bounded
             else:
                 refused += 1
-            within = refused <= self._retries and drained <= 3 * self._retries
+            if failure.kind == "http_1_1_required":
+                pool.downgrade("RST_STREAM HTTP_1_1_REQUIRED")
+            within = refused <= limit and drained <= 3 * limit
             if failure.processed == "no" and within and (replayable or not body_started):
-                if failure.kind == "http_1_1_required":
-                    pool.downgrade("RST_STREAM HTTP_1_1_REQUIRED")
                 self.events.emit("client.transparent_retry", origin=pool.origin,
                                  reason=failure.kind, attempt=attempt, stream=failure.stream_id)
                 if failure.kind == "refused_stream" and refused > 1:
                     # a server refusing again and again is overloaded: back off, with jitter
                     await asyncio.sleep(self._rng.uniform(0, min(0.25, 0.01 * 2 ** refused)))
                 continue
-            if failure.processed == "no" and not replayable and body_started:
+            if failure.processed == "no" and limit and not replayable and body_started:
                 failure = Failure("body_not_replayable", "no", failure.code, failure.stream_id,
                                   failure.last_stream_id, failure.origin,
                                   f"{failure.explain()} It was not sent again because the "
@@ -409,7 +411,10 @@ class HTTPTransport(httpx.BaseTransport):
         stream = request.stream
         if not isinstance(stream, httpx.ByteStream):
             request.stream = _SyncToAsync(stream, self._thread.loop)
-        response = self._thread.run(self._async.handle_async_request(request))
+        try:
+            response = self._thread.run(self._async.handle_async_request(request))
+        finally:
+            request.stream = stream  # as the caller gave it: a retry may rewind and resend it
         return httpx.Response(response.status_code, headers=response.headers,
                               stream=_AsyncToSync(response, self._thread),
                               extensions=response.extensions)
