@@ -201,7 +201,8 @@ class ChaosMetrics(EventMetrics):
 
 
 class ClientMetrics(EventMetrics):
-    """The client transport's metrics, derived from its :class:`EventLog` (``transport.events``).
+    """The client's metrics, derived from its :class:`EventLog` (``transport.events``, or
+    ``client.events`` of :class:`h2guard.AsyncClient`, which also carries the retry events).
 
     ``h2guard_stream_resets_total{code,origin}`` and ``h2guard_goaway_total{code,origin}`` count
     what servers did; the others count what the transport did about it::
@@ -253,6 +254,22 @@ class ClientMetrics(EventMetrics):
         self.on("client.health_check",
                 lambda e: self.health_checks.labels(origin=_origin(e)).inc())
         self.on("client.downgrade", lambda e: self.downgrades.labels(origin=_origin(e)).inc())
+        # RetryTransport (and so h2guard.AsyncClient / Client, which share one event log)
+        self.retries = self.counter("h2guard_retries",
+                                    "Retries by RetryTransport, by retry_on condition.",
+                                    ("reason", "origin"))
+        self.budget_exhausted = self.counter(
+            "h2guard_retry_budget_exhausted",
+            "Retries refused because the origin's retry budget was spent.", ("origin",))
+        self.gave_up = self.counter("h2guard_retry_gave_up",
+                                    "Failures raised without a retry, by failure kind.",
+                                    ("kind", "origin"))
+        self.on("retry.attempt", lambda e: self.retries.labels(
+            reason=str(e.data.get("reason", "")), origin=_origin(e)).inc())
+        self.on("retry.budget_exhausted",
+                lambda e: self.budget_exhausted.labels(origin=_origin(e)).inc())
+        self.on("retry.gave_up", lambda e: self.gave_up.labels(
+            kind=str(e.data.get("kind", "")), origin=_origin(e)).inc())
         if events is not None:
             self.attach(events, replay=replay)
 

@@ -73,3 +73,35 @@ def test_client_metrics_are_a_view_of_events() -> None:
     assert 'h2guard_goaway_total{code="NO_ERROR",origin="https://a.test:443"} 1.0' in text
     assert 'h2guard_transparent_retries_total{origin="https://a.test:443",' \
            'reason="refused_stream"} 1.0' in text
+
+
+async def test_retry_metrics_count_what_the_retry_transport_did() -> None:
+    pytest.importorskip("prometheus_client")
+    import h2guard
+    from h2guard.errors import Failure, attach
+    from h2guard.metrics import ClientMetrics
+    from h2guard.retry import set_testing
+
+    class Refusing(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            raise attach(Failure("refused_stream", "no", 7, 1, None, "http://a.test:80"),
+                         request=request)
+
+    log = EventLog()
+    metrics = ClientMetrics(log)
+    policy = h2guard.RetryPolicy(unprocessed_attempts=3, budget_reserve=1.0, budget_ratio=0.0)
+    set_testing(True)
+    try:
+        async with httpx.AsyncClient(transport=h2guard.RetryTransport(
+                Refusing(), policy=policy, events=log)) as client:
+            with pytest.raises(httpx.RemoteProtocolError) as caught:
+                await client.get("http://a.test/")
+    finally:
+        set_testing(False)
+    failure = h2guard.failure_of(caught.value)
+    assert failure is not None and failure.kind == "retry_budget" and failure.attempts == 2
+    text = metrics.render()[0].decode()
+    assert 'h2guard_retries_total{origin="http://a.test:80",reason="refused-stream"} 1.0' in text
+    assert 'h2guard_retry_budget_exhausted_total{origin="http://a.test:80"} 1.0' in text
+    assert 'h2guard_retry_gave_up_total{kind="refused_stream",origin="http://a.test:80"} 1.0' \
+        in text
