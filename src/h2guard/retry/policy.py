@@ -210,7 +210,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": a digit to isdigit(), not to int()
         return float(int(text))
     try:
         when = email.utils.parsedate_to_datetime(text)
@@ -245,7 +245,7 @@ class RetryBudget:
 
     def withdraw(self) -> bool:
         with self._lock:
-            if self._tokens >= 1.0:
+            if self._tokens >= 1.0 - 1e-9:  # ten deposits of 0.1 sum to 0.999...
                 self._tokens -= 1.0
                 return True
             return False

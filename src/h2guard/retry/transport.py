@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import httpx
 
-from h2guard.errors import Failure, attach
+from h2guard.errors import Failure, H2ReadTimeout, attach
 from h2guard.events import EventLog
 from h2guard.retry.classify import classify
 from h2guard.retry.policy import Decision, RetryBudget, RetryPolicy
@@ -34,6 +34,7 @@ from h2guard.retry.policy import parse_retry_after as _parse_retry_after
 __all__ = ["RetryInfo", "RetryTransport", "set_testing"]
 
 log = logging.getLogger("h2guard.retry")
+_ONE_SHOT = "the request body is a one-shot stream"
 _TESTING = {"on": False}
 
 
@@ -188,9 +189,9 @@ class _Attempts:
         if self.attempt >= policy.max_attempts(failure):
             return Decision(False, reason=f"gave up after {self.attempt} attempts")
         if not self.body.can_resend():
-            return Decision(False, reason="the request body is a one-shot stream and part of "
-                            "it was already sent; pass bytes (content=...) or a seekable file "
-                            "to make it replayable")
+            return Decision(False, reason=f"{_ONE_SHOT} and part of it was already sent; "
+                            "pass bytes (content=...) or a seekable file to make it "
+                            "replayable")
         delay = policy.delay(failure, self.retries + 1, self.owner.rng, self.previous_delay,
                              retry_after)
         if delay is None:
@@ -238,8 +239,9 @@ class _Attempts:
                                    method=self.method, attempt=self.attempt)
         elif why == "deadline":
             kind = "deadline"
-            why = f"the deadline of {self.policy.deadline or 0:g} s would pass before a retry"
-        elif not self.body.can_resend() and failure.processed == "no":
+            seconds = self.request.extensions.get("h2guard.deadline", self.policy.deadline)
+            why = f"the deadline of {seconds or 0:g} s would pass before a retry"
+        elif why.startswith(_ONE_SHOT) and failure.processed == "no":
             kind = "body_not_replayable"
         if self._original_timeouts:
             self.request.extensions["timeout"] = self._original_timeouts
@@ -249,7 +251,8 @@ class _Attempts:
         final = Failure(kind, failure.processed, failure.code, failure.stream_id,
                         failure.last_stream_id, failure.origin or self.origin, detail,
                         self.attempt, {**failure.extra, "cause": failure.kind})
-        cls = type(exc) if isinstance(exc, httpx.TransportError) else httpx.TransportError
+        cls = type(exc) if isinstance(exc, httpx.TransportError) else (
+            H2ReadTimeout if isinstance(exc, TimeoutError) else httpx.TransportError)
         try:
             new = attach(final, request=self.request, cls=cls, message=detail)
         except TypeError:  # an exception type with its own constructor: keep it, add a note
@@ -291,8 +294,9 @@ class RetryTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
             inner = AsyncHTTPTransport()
         self.inner = inner
         self.policy = policy if policy is not None else RetryPolicy()
-        self.events = events if events is not None else getattr(inner, "events", None) \
-            or EventLog(maxlen=10_000)
+        shared = getattr(inner, "events", None)  # an empty EventLog is falsy: no `or`
+        self.events = events if events is not None else shared if shared is not None \
+            else EventLog(maxlen=10_000)
         self.on_retry = on_retry
         self.rng = random.Random(seed)
         self._budgets: dict[str, RetryBudget] = {}
@@ -320,7 +324,12 @@ class RetryTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
                     with anyio.fail_after(limit):
                         response = await inner.handle_async_request(request)
             except Exception as exc:
-                failure = classify(exc, origin=plan.origin)
+                if isinstance(exc, TimeoutError) and limit is not None:
+                    failure: Failure | None = Failure(
+                        "timeout", "maybe", None, None, None, plan.origin,
+                        f"no response within {limit:.3g} s (attempt_timeout / deadline)")
+                else:
+                    failure = classify(exc, origin=plan.origin)
                 if failure is None:
                     raise
                 decision = plan.judge(failure)
