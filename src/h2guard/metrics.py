@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING
 from h2guard.events import Event, EventLog
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter, Gauge
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["INSTALL_HINT", "ChaosMetrics", "EventMetrics", "metrics_available"]
+__all__ = ["INSTALL_HINT", "ChaosMetrics", "ClientMetrics", "EventMetrics", "IdempotencyMetrics",
+           "metrics_available"]
 
 INSTALL_HINT = ("prometheus-client is not installed; install h2guard[metrics] "
                 "(pip install 'h2guard[metrics]') to export Prometheus metrics")
@@ -100,6 +101,14 @@ class EventMetrics:
         if function is not None:
             gauge.set_function(function)
         return gauge
+
+    def histogram(self, name: str, documentation: str, labels: Sequence[str] = (), *,
+                  buckets: Sequence[float]) -> Histogram:
+        """A histogram on this registry (label names sorted, as for counters)."""
+        from prometheus_client import Histogram
+
+        return Histogram(name, documentation, sorted(labels), registry=self.registry,
+                         buckets=tuple(buckets))
 
     def on(self, name: str, handler: EventHandler) -> None:
         """Call ``handler`` for every event named exactly ``name``."""
@@ -278,6 +287,55 @@ class ClientMetrics(EventMetrics):
 
     def _on_goaway(self, event: Event) -> None:
         self.goaways.labels(code=_code(event), origin=_origin(event)).inc()
+
+
+class IdempotencyMetrics(EventMetrics):
+    """The idempotency middleware's metrics, from its :class:`EventLog` (``middleware.events``)::
+
+        h2guard_idempotency_requests_total{outcome}   claimed, replayed, conflict (409),
+                                                      mismatch (422), rejected (400),
+                                                      unguarded (store down, fail open)
+        h2guard_idempotency_store_errors_total{op}    claim / complete / purge failures
+        h2guard_idempotency_store_seconds{op}         latency the store added, per call
+        h2guard_idempotency_claims_lost_total         handlers that outlived lock_ttl
+        h2guard_idempotency_bodies_omitted_total      responses too large to store
+    """
+
+    _OUTCOMES = ("claimed", "replayed", "conflict", "mismatch", "rejected", "unguarded")
+
+    def __init__(self, events: EventLog | None = None, *,
+                 registry: CollectorRegistry | None = None, replay: bool = True) -> None:
+        super().__init__(registry=registry)
+        self.requests = self.counter("h2guard_idempotency_requests",
+                                     "Keyed requests, by what the middleware did.", ("outcome",))
+        self.store_errors = self.counter("h2guard_idempotency_store_errors",
+                                         "Store calls that failed or timed out.", ("op",))
+        self.store_seconds = self.histogram(
+            "h2guard_idempotency_store_seconds", "Latency added by the store, per call.",
+            ("op",), buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                              1.0, 2.5))
+        self.claims_lost = self.counter("h2guard_idempotency_claims_lost",
+                                        "Handlers that outlived lock_ttl (key claimed again).")
+        self.bodies_omitted = self.counter("h2guard_idempotency_bodies_omitted",
+                                           "Responses too large to store (replayed bodiless).")
+        for outcome in self._OUTCOMES:
+            self.on(f"idempotency.{outcome}", self._count_outcome(outcome))
+        self.on("idempotency.store_error", lambda e: self.store_errors.labels(
+            op=str(e.data.get("op", ""))).inc())
+        self.on("idempotency.store", self._on_store)
+        self.on("idempotency.claim_lost", lambda e: self.claims_lost.inc())
+        self.on("idempotency.too_large", lambda e: self.bodies_omitted.inc())
+        if events is not None:
+            self.attach(events, replay=replay)
+
+    def _count_outcome(self, outcome: str) -> EventHandler:
+        child = self.requests.labels(outcome=outcome)
+        return lambda event: child.inc()
+
+    def _on_store(self, event: Event) -> None:
+        seconds = event.data.get("seconds")
+        if isinstance(seconds, int | float):
+            self.store_seconds.labels(op=str(event.data.get("op", ""))).observe(float(seconds))
 
 
 def _origin(event: Event) -> str:

@@ -1,0 +1,406 @@
+"""``IdempotencyMiddleware``: the server's half of a safe retry.
+
+A reset that lands after the server ran a POST leaves the client unable to know whether it
+happened; a retry with the same ``Idempotency-Key`` must then have no second effect. This pure
+ASGI middleware (Starlette, FastAPI, Litestar, Quart or a bare ASGI app) implements the IETF
+draft "The Idempotency-Key HTTP Header Field":
+
+* the first request with a key claims it in the store, runs the handler, and stores the response
+  (status, headers, body) *before* sending it, so a client that saw the response can never find
+  the key unclaimed;
+* the same key again, same request: the stored response, replayed exactly, with
+  ``Idempotent-Replayed: true``; while the first still runs: ``409`` with Retry-After;
+* the same key with a different request (method, path, body, chosen headers): ``422``;
+* a malformed or oversize key (over 255 characters): ``400``; a missing key where
+  ``require_key`` says one is needed: ``400``;
+* keys are scoped per principal (by default a digest of the Authorization header), so one
+  client can never read another's stored response;
+* records expire (``ttl``, default 24 h, cleaned up every ``cleanup_interval``); a claim whose
+  handler crashed or whose process died expires after ``lock_ttl``, then the key can run again;
+* a response larger than ``max_response_body`` is sent whole but stored without its body: a
+  replay gets the same status and headers, an empty body and ``Idempotency-Body-Omitted:
+  true`` (the handler still never runs twice);
+* a store that cannot answer gives ``503`` with Retry-After and the handler does not run
+  (fail closed); ``fail_open=True`` runs it unguarded instead, and says so in an event.
+
+Events (``idempotency.*`` on ``events``) feed :class:`h2guard.metrics.IdempotencyMetrics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from typing import Any
+
+import anyio
+
+from h2guard.events import EventLog
+from h2guard.idempotency.store import IdempotencyStore, StoredResponse, StoreError
+
+__all__ = ["IdempotencyMiddleware", "parse_key", "principal_from_authorization"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_KEY_LENGTH = 255
+
+
+class _BadKey(ValueError):
+    pass
+
+
+def parse_key(raw: str) -> str:
+    """The key from a header value: an sf-string (``"..."``, as the draft writes it) or a bare
+    token (as Stripe's clients send it). Raises ValueError with the reason otherwise."""
+    text = raw.strip()
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        out: list[str] = []
+        chars = iter(text[1:-1])
+        for ch in chars:
+            if ch == "\\":
+                nxt = next(chars, "")
+                if nxt not in ('"', "\\"):
+                    raise _BadKey("a backslash in the key escapes only \" or \\")
+                out.append(nxt)
+            elif ch == '"':
+                raise _BadKey("an unescaped quote inside the key")
+            else:
+                out.append(ch)
+        key = "".join(out)
+    else:
+        key = text
+    if not key:
+        raise _BadKey("the key is empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise _BadKey(f"the key has {len(key)} characters; at most {MAX_KEY_LENGTH}")
+    if any(not 0x20 <= ord(ch) <= 0x7E for ch in key):
+        raise _BadKey("the key must be printable ASCII")
+    return key
+
+
+def principal_from_authorization(scope: Scope) -> str:
+    """The default principal: a digest of the Authorization header (never the credential
+    itself), or ``anonymous``."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            return "auth:" + hashlib.sha256(bytes(value)).hexdigest()[:32]
+    return "anonymous"
+
+
+def _problem(status: int, title: str, detail: str,
+             extra_headers: list[tuple[bytes, bytes]] | None = None) -> StoredResponse:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status,
+                       "detail": detail}).encode()
+    headers = [(b"content-type", b"application/problem+json"),
+               (b"content-length", str(len(body)).encode())]
+    return StoredResponse(status, headers + (extra_headers or []), body)
+
+
+class IdempotencyMiddleware:
+    """Wrap an ASGI app: ``app = IdempotencyMiddleware(app, store=SQLiteStore(...))``.
+
+    ``methods`` (POST, PATCH) are guarded; ``require_key`` is False (optional everywhere), True
+    (required for every guarded request), a collection of path prefixes, or a function of the
+    path. ``fingerprint_headers`` are request headers that must match for a replay (the body,
+    method and path always must). ``principal(scope)`` scopes keys. ``store_timeout`` bounds
+    every store call.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: IdempotencyStore | None = None,
+        methods: Collection[str] = ("POST", "PATCH"),
+        require_key: bool | Collection[str] | Callable[[str], bool] = False,
+        header: str = "Idempotency-Key",
+        fingerprint_headers: Collection[str] = ("content-type",),
+        principal: Callable[[Scope], str] = principal_from_authorization,
+        ttl: float = 24 * 3600.0,
+        lock_ttl: float = 60.0,
+        max_request_body: int = 10 << 20,
+        max_response_body: int = 1 << 20,
+        fail_open: bool = False,
+        store_timeout: float = 2.0,
+        retry_after: int = 1,
+        replay_header: str = "Idempotent-Replayed",
+        cleanup_interval: float = 300.0,
+        events: EventLog | None = None,
+    ) -> None:
+        if store is None:
+            from h2guard.idempotency.sqlite import SQLiteStore
+
+            store = SQLiteStore()
+        if ttl <= 0 or lock_ttl <= 0 or store_timeout <= 0:
+            raise ValueError("ttl, lock_ttl and store_timeout must be positive")
+        self.app = app
+        self.store = store
+        self.methods = frozenset(m.upper() for m in methods)
+        self._required = self._requirement(require_key)
+        self.header = header.lower().encode("latin-1")
+        self.header_name = header
+        self.fingerprint_headers = tuple(sorted(h.lower().encode("latin-1")
+                                                for h in fingerprint_headers))
+        self.principal = principal
+        self.ttl = ttl
+        self.lock_ttl = lock_ttl
+        self.max_request_body = max_request_body
+        self.max_response_body = max_response_body
+        self.fail_open = fail_open
+        self.store_timeout = store_timeout
+        self.retry_after = str(retry_after).encode()
+        self.replay_header = replay_header.lower().encode("latin-1")
+        self.cleanup_interval = cleanup_interval
+        self.events = events if events is not None else EventLog(maxlen=10_000)
+        self._next_cleanup = time.monotonic() + cleanup_interval
+
+    @staticmethod
+    def _requirement(spec: bool | Collection[str] | Callable[[str], bool]
+                     ) -> Callable[[str], bool]:
+        if isinstance(spec, bool):
+            return lambda path: spec
+        if callable(spec):
+            return spec
+        prefixes = tuple(spec)
+        return lambda path: path.startswith(prefixes)
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"].upper() not in self.methods:
+            await self.app(scope, receive, send)
+            return
+        raw_key = None
+        for name, value in scope.get("headers", ()):
+            if name.lower() == self.header:
+                raw_key = bytes(value).decode("latin-1")
+                break
+        path = scope.get("path", "")
+        if raw_key is None:
+            if self._required(path):
+                self._emit("idempotency.rejected", path=path, reason="missing")
+                await _send_stored(send, _problem(
+                    400, f"{self.header_name} required",
+                    f"{scope['method']} {path} needs an {self.header_name} header so that a "
+                    "retry cannot apply it twice."))
+                return
+            await self.app(scope, receive, send)
+            return
+        try:
+            key = parse_key(raw_key)
+        except ValueError as exc:
+            self._emit("idempotency.rejected", path=path, reason=str(exc))
+            await _send_stored(send, _problem(400, f"Malformed {self.header_name}", str(exc)))
+            return
+        body, too_large = await self._read_body(receive)
+        if body is None:  # the client went away, or the body was too large
+            if too_large:
+                await _send_stored(send, _problem(
+                    413, "Request body too large",
+                    f"requests with an {self.header_name} may carry at most "
+                    f"{self.max_request_body} bytes here"))
+            return
+        fingerprint = self._fingerprint(scope, body)
+        store_key = hashlib.sha256(
+            f"{self.principal(scope)}\x1f{key}".encode()).hexdigest()
+        token = secrets.token_hex(16)
+        await self._maybe_cleanup()
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.store_timeout):
+                claim = await self.store.claim(store_key, fingerprint, token=token,
+                                               lock_ttl=self.lock_ttl, ttl=self.ttl)
+        except (StoreError, TimeoutError, OSError) as exc:
+            await self._store_down(scope, body, receive, send, exc, started)
+            return
+        self._emit("idempotency.store", op="claim", seconds=time.perf_counter() - started)
+        if claim.fingerprint != fingerprint and claim.outcome != "claimed":
+            self._emit("idempotency.mismatch", path=path)
+            await _send_stored(send, _problem(
+                422, f"{self.header_name} reused with a different request",
+                f"this {self.header_name} was first used with another method, path, body or "
+                "headers; use a new key for a new request"))
+            return
+        if claim.outcome == "in_progress":
+            self._emit("idempotency.conflict", path=path)
+            await _send_stored(send, _problem(
+                409, "Request in progress",
+                f"the first request with this {self.header_name} is still being processed; "
+                "retry later for its response", [(b"retry-after", self.retry_after)]))
+            return
+        if claim.outcome == "completed":
+            assert claim.response is not None
+            self._emit("idempotency.replayed", path=path, status=claim.response.status)
+            await _send_stored(send, claim.response, replay=self.replay_header)
+            return
+        self._emit("idempotency.claimed", path=path)
+        await self._run(scope, body, receive, send, store_key, token)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _read_body(self, receive: Receive) -> tuple[bytes | None, bool]:
+        """The whole request body (it is part of the fingerprint); None if the client went
+        away, or (None, True) when it is over ``max_request_body``."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None, False
+            chunk = bytes(message.get("body", b""))
+            size += len(chunk)
+            if size > self.max_request_body:
+                return None, True
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), False
+
+    def _fingerprint(self, scope: Scope, body: bytes) -> str:
+        digest = hashlib.sha256()
+        digest.update(scope["method"].upper().encode())
+        digest.update(b"\x00")
+        digest.update(scope.get("raw_path") or scope.get("path", "").encode("utf-8"))
+        digest.update(b"?")
+        digest.update(scope.get("query_string", b""))
+        wanted = self.fingerprint_headers
+        if wanted:
+            seen = sorted((bytes(n).lower(), bytes(v)) for n, v in scope.get("headers", ())
+                          if bytes(n).lower() in wanted)
+            for name, value in seen:
+                digest.update(b"\x00" + name + b":" + value)
+        digest.update(b"\x00")
+        digest.update(hashlib.sha256(body).digest())
+        return digest.hexdigest()
+
+    async def _run(self, scope: Scope, body: bytes, receive: Receive, send: Send,
+                   store_key: str, token: str) -> None:
+        """Run the handler; store its response before the client sees it."""
+        delivered = False
+
+        async def replay_receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        start: Message | None = None
+        chunks: list[bytes] = []
+        size = 0
+        streaming = False  # too large to store: passed straight through
+
+        async def capture(message: Message) -> None:
+            nonlocal start, size, streaming
+            kind = message["type"]
+            if streaming:
+                await send(message)
+                return
+            if kind == "http.response.start":
+                start = message
+                return
+            if kind != "http.response.body" or start is None:
+                await send(message)  # anything else (trailers, extensions): not stored
+                return
+            chunk = bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            chunks.append(chunk)
+            size += len(chunk)
+            headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", ())]
+            if size > self.max_response_body:
+                streaming = True
+                await self._complete(store_key, token, StoredResponse(
+                    int(start["status"]), headers, b"", body_omitted=True), scope)
+                await send(start)
+                await send({"type": "http.response.body", "body": b"".join(chunks),
+                            "more_body": more})
+                return
+            if not more:
+                whole = b"".join(chunks)
+                await self._complete(store_key, token,
+                                     StoredResponse(int(start["status"]), headers, whole), scope)
+                await send(start)
+                await send({"type": "http.response.body", "body": whole, "more_body": False})
+
+        # An exception leaves the claim in place: it expires after lock_ttl (crash safety).
+        await self.app(scope, replay_receive, capture)
+
+    async def _complete(self, store_key: str, token: str, response: StoredResponse,
+                        scope: Scope) -> None:
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.store_timeout):
+                kept = await self.store.complete(store_key, token, response, ttl=self.ttl)
+        except (StoreError, TimeoutError, OSError) as exc:
+            # the handler ran: the client still gets its response; a retry after lock_ttl
+            # would run it again, so this is loud
+            self._emit("idempotency.store_error", op="complete", error=_one_line(exc))
+            return
+        self._emit("idempotency.store", op="complete", seconds=time.perf_counter() - started)
+        if response.body_omitted:
+            self._emit("idempotency.too_large", path=scope.get("path", ""))
+        if not kept:
+            self._emit("idempotency.claim_lost", path=scope.get("path", ""),
+                       detail=f"the handler outlived lock_ttl={self.lock_ttl:g} s and the key "
+                              "was claimed again")
+
+    async def _store_down(self, scope: Scope, body: bytes, receive: Receive, send: Send,
+                          exc: BaseException, started: float) -> None:
+        self._emit("idempotency.store_error", op="claim", error=_one_line(exc),
+                   seconds=time.perf_counter() - started)
+        if self.fail_open:
+            self._emit("idempotency.unguarded", path=scope.get("path", ""))
+            delivered = False
+
+            async def replay_receive() -> Message:
+                nonlocal delivered
+                if not delivered:
+                    delivered = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay_receive, send)
+            return
+        await _send_stored(send, _problem(
+            503, "Idempotency store unavailable",
+            f"the {self.header_name} store did not answer, so the request was not run; "
+            "retry with the same key", [(b"retry-after", self.retry_after)]))
+
+    async def _maybe_cleanup(self) -> None:
+        now = time.monotonic()
+        if now < self._next_cleanup:
+            return
+        self._next_cleanup = now + self.cleanup_interval
+        try:
+            with anyio.fail_after(self.store_timeout):
+                purged = await self.store.purge_expired()
+        except (StoreError, TimeoutError, OSError) as exc:
+            self._emit("idempotency.store_error", op="purge", error=_one_line(exc))
+            return
+        if purged:
+            self._emit("idempotency.purged", records=purged)
+
+    def _emit(self, name: str, **data: Any) -> None:
+        self.events.emit(name, **data)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+async def _send_stored(send: Send, response: StoredResponse, *,
+                       replay: bytes | None = None) -> None:
+    headers = list(response.headers)
+    if replay is not None:
+        headers.append((replay, b"true"))
+        if response.body_omitted:
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers += [(b"content-length", b"0"), (b"idempotency-body-omitted", b"true")]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})
