@@ -1,0 +1,127 @@
+"""A real uvicorn with 4 workers serving a Starlette app behind IdempotencyMiddleware.
+
+The ``uvicorn_app`` fixture (indirect parameter: the store kind, ``sqlite`` / ``redis`` /
+``postgres``) yields the base URL and the file where the handler appends one line per run (its
+side effect: ``<pid> <request body>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+WORKERS = 4
+
+APP = textwrap.dedent('''
+    """The app under test, built once per uvicorn worker."""
+    import asyncio, json, os, uuid
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from h2guard.idempotency import IdempotencyMiddleware
+
+
+    def _store():
+        spec = os.environ["H2G_STORE"]
+        if spec.startswith("sqlite:"):
+            from h2guard.idempotency import SQLiteStore
+            return SQLiteStore(spec[len("sqlite:"):])
+        if spec.startswith("redis://"):
+            from h2guard.idempotency import RedisStore
+            return RedisStore(spec)
+        from h2guard.idempotency import PostgresStore
+        return PostgresStore(spec)
+
+
+    async def orders(request):
+        body = await request.body()
+        with open(os.environ["H2G_EFFECTS"], "a") as f:  # the side effect, one line per run
+            f.write(f"{os.getpid()} {body.decode()}\\n")
+        await asyncio.sleep(0.3)  # slow enough that the other 199 arrive while it runs
+        return JSONResponse({"order": str(uuid.uuid4()), "pid": os.getpid()}, status_code=201)
+
+
+    def make_app():
+        app = Starlette(routes=[Route("/orders", orders, methods=["POST"])])
+        guarded = IdempotencyMiddleware(app, store=_store(), lock_ttl=30.0)
+        pid = str(os.getpid()).encode()
+
+        async def tag(scope, receive, send):  # which worker answered, on every response
+            async def send_tagged(message):
+                if message["type"] == "http.response.start":
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", []), (b"x-worker-pid", pid)]
+                await send(message)
+            await guarded(scope, receive, send_tagged)
+
+        return tag
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _store_spec(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:{tmp_path / 'store.sqlite3'}"
+    if kind == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture
+def uvicorn_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    kind = request.param
+    (tmp_path / "workers_app.py").write_text(APP)
+    effects = tmp_path / "effects.log"
+    effects.touch()
+    port = _free_port()
+    env = {**os.environ, "H2G_STORE": _store_spec(kind, request, tmp_path),
+           "H2G_EFFECTS": str(effects),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    log = (tmp_path / "uvicorn.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "workers_app:make_app",
+         "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("uvicorn exited: " + (tmp_path / "uvicorn.log").read_text())
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not listen within 30 s") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", effects
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        log.close()
+
+
