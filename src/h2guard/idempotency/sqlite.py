@@ -65,18 +65,36 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
-            try:
-                db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                     check_same_thread=False)
-                db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-                if self.path != ":memory:":
-                    db.execute("PRAGMA journal_mode = WAL")
-                    db.execute("PRAGMA synchronous = NORMAL")
-                db.executescript(_SCHEMA)
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite store {self.path}: {exc}") from exc
-            self._db = db
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    self._db = self._open()
+                    break
+                except sqlite3.OperationalError as exc:
+                    # switching to WAL and creating the schema take locks that SQLite does not
+                    # wait for: several processes opening the file at once retry briefly
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+                    time.sleep(0.02)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"SQLite store {self.path}: {exc}") from exc
         return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            if self.path != ":memory:":
+                mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         def call() -> _T:
