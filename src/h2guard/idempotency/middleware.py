@@ -21,7 +21,10 @@ draft "The Idempotency-Key HTTP Header Field":
   replay gets the same status and headers, an empty body and ``Idempotency-Body-Omitted:
   true`` (the handler still never runs twice);
 * a store that cannot answer gives ``503`` with Retry-After and the handler does not run
-  (fail closed); ``fail_open=True`` runs it unguarded instead, and says so in an event.
+  (fail closed); ``fail_open=True`` runs it unguarded instead, and says so in an event;
+* because the response is stored before it is sent, a response is held back until it is
+  complete (or until it passes ``max_response_body``, from where it streams): a slow streaming
+  response under the limit reaches the client only at its end.
 
 Events (``idempotency.*`` on ``events``) feed :class:`h2guard.metrics.IdempotencyMetrics`.
 """
@@ -38,7 +41,7 @@ from typing import Any
 import anyio
 
 from h2guard.events import EventLog
-from h2guard.idempotency.store import IdempotencyStore, StoredResponse, StoreError
+from h2guard.idempotency.store import IdempotencyStore, StoredResponse
 
 __all__ = ["IdempotencyMiddleware", "parse_key", "principal_from_authorization"]
 
@@ -74,6 +77,8 @@ def parse_key(raw: str) -> str:
                 out.append(ch)
         key = "".join(out)
     else:
+        if '"' in text:
+            raise _BadKey("a quote in a key that is not a quoted string")
         key = text
     if not key:
         raise _BadKey("the key is empty")
@@ -139,6 +144,12 @@ class IdempotencyMiddleware:
             store = SQLiteStore()
         if ttl <= 0 or lock_ttl <= 0 or store_timeout <= 0:
             raise ValueError("ttl, lock_ttl and store_timeout must be positive")
+        # a lone string is one item, not a collection of characters (methods="POST" would
+        # otherwise guard nothing at all)
+        if isinstance(methods, str):
+            methods = (methods,)
+        if isinstance(fingerprint_headers, str):
+            fingerprint_headers = (fingerprint_headers,)
         self.app = app
         self.store = store
         self.methods = frozenset(m.upper() for m in methods)
@@ -167,7 +178,7 @@ class IdempotencyMiddleware:
             return lambda path: spec
         if callable(spec):
             return spec
-        prefixes = tuple(spec)
+        prefixes = (spec,) if isinstance(spec, str) else tuple(spec)
         return lambda path: path.startswith(prefixes)
 
     # ------------------------------------------------------------------ ASGI
@@ -201,6 +212,7 @@ class IdempotencyMiddleware:
         body, too_large = await self._read_body(receive)
         if body is None:  # the client went away, or the body was too large
             if too_large:
+                self._emit("idempotency.rejected", path=path, reason="request body too large")
                 await _send_stored(send, _problem(
                     413, "Request body too large",
                     f"requests with an {self.header_name} may carry at most "
@@ -216,7 +228,7 @@ class IdempotencyMiddleware:
             with anyio.fail_after(self.store_timeout):
                 claim = await self.store.claim(store_key, fingerprint, token=token,
                                                lock_ttl=self.lock_ttl, ttl=self.ttl)
-        except (StoreError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # StoreError, a timeout, or a broken store: fail closed
             await self._store_down(scope, body, receive, send, exc, started)
             return
         self._emit("idempotency.store", op="claim", seconds=time.perf_counter() - started)
@@ -336,7 +348,7 @@ class IdempotencyMiddleware:
         try:
             with anyio.fail_after(self.store_timeout):
                 kept = await self.store.complete(store_key, token, response, ttl=self.ttl)
-        except (StoreError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # StoreError, a timeout, or a broken store: fail closed
             # the handler ran: the client still gets its response; a retry after lock_ttl
             # would run it again, so this is loud
             self._emit("idempotency.store_error", op="complete", error=_one_line(exc))
@@ -379,7 +391,7 @@ class IdempotencyMiddleware:
         try:
             with anyio.fail_after(self.store_timeout):
                 purged = await self.store.purge_expired()
-        except (StoreError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # StoreError, a timeout, or a broken store: fail closed
             self._emit("idempotency.store_error", op="purge", error=_one_line(exc))
             return
         if purged:

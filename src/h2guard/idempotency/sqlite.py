@@ -103,7 +103,10 @@ class SQLiteStore:
                     return fn(self._connect(), *args)
                 except sqlite3.Error as exc:
                     raise StoreError(f"SQLite store {self.path}: {exc}") from exc
-        return await anyio.to_thread.run_sync(call)
+        # abandon_on_cancel: the middleware's store_timeout can give up on a call stuck behind
+        # another process's lock; the thread finishes on its own (a claim that lands late only
+        # holds the key until lock_ttl, it never runs a handler twice)
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     # ------------------------------------------------------------------ protocol
 
