@@ -8,6 +8,7 @@ declare -A need=(
   [h2load]=nghttp2-client
   [nginx]=nginx-light
   [haproxy]=haproxy
+  [redis-server]=redis-server   # tests/idempotency: RedisStore against a real server
 )
 missing=()
 for bin in "${!need[@]}"; do
@@ -15,8 +16,12 @@ for bin in "${!need[@]}"; do
     missing+=("${need[$bin]}")
   fi
 done
+# tests/idempotency: PostgresStore against a real server (initdb, postgres; not on PATH)
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  missing+=(postgresql)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "peers: all present (curl, nghttp, h2load, nginx, haproxy)"
+  echo "peers: all present (curl, nghttp, h2load, nginx, haproxy, redis-server, postgresql)"
   exit 0
 fi
 pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')

@@ -157,9 +157,10 @@ def _claim(db: sqlite3.Connection, key: str, fingerprint: str, token: str, lock_
 
 def _complete(db: sqlite3.Connection, key: str, token: str, response: bytes,
               ttl: float) -> bool:
+    now = time.time()
     cur = db.execute("UPDATE h2guard_idempotency SET state = 'completed', response = ?, "
-                     "expires_at = ? WHERE key = ? AND token = ? AND state = 'in_progress'",
-                     (response, time.time() + ttl, key, token))
+                     "expires_at = ? WHERE key = ? AND token = ? AND state = 'in_progress' "
+                     "AND expires_at > ?", (response, now + ttl, key, token, now))
     return cur.rowcount == 1
 
 

@@ -59,8 +59,9 @@ class StoredResponse:
         try:
             raw = json.loads(data)
             return cls(int(raw["s"]),
-                       [(base64.b64decode(k), base64.b64decode(v)) for k, v in raw["h"]],
-                       base64.b64decode(raw["b"]), bool(raw.get("o", False)))
+                       [(base64.b64decode(k, validate=True), base64.b64decode(v, validate=True))
+                        for k, v in raw["h"]],
+                       base64.b64decode(raw["b"], validate=True), bool(raw.get("o", False)))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"a stored response could not be read: {exc}") from exc
 
@@ -82,7 +83,9 @@ class Claim:
 @runtime_checkable
 class IdempotencyStore(Protocol):
     """What the middleware needs from a store. All methods raise :class:`StoreError` when the
-    store cannot answer; none may block the event loop."""
+    store cannot answer; none may block the event loop. A store instance belongs to the event
+    loop that first uses it (connections are loop-bound); ``token`` must be unique per claim
+    (the middleware draws 128 random bits); ``aclose`` leaves a client passed in open."""
 
     async def claim(self, key: str, fingerprint: str, *, token: str, lock_ttl: float,
                     ttl: float) -> Claim:
@@ -94,8 +97,9 @@ class IdempotencyStore(Protocol):
     async def complete(self, key: str, token: str, response: StoredResponse, *,
                        ttl: float) -> bool:
         """Store ``response`` and mark ``key`` completed for ``ttl`` seconds, only if ``token``
-        still holds the claim. False when it does not (the lock expired and someone else took
-        the key): the caller's response is then not the stored one."""
+        still holds the claim and the record has not expired. False otherwise (the lock
+        expired and someone else took the key, or the record is gone): the caller's response
+        is then not the stored one."""
         ...
 
     async def purge_expired(self) -> int:
