@@ -58,3 +58,42 @@ async def test_one_key_200_requests_4_workers_handler_runs_once(
     assert late.status_code == 201 and late.headers.get("idempotent-replayed") == "true"
     assert late.content == originals[0].content
     assert len(pids) >= 2  # really spread over processes
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
+async def test_a_worker_killed_mid_request_leaves_a_claim_that_expires(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    from uvicorn_workers import Uvicorn, _store_spec
+
+    spec = _store_spec(kind, request, tmp_path)
+    key = {"Idempotency-Key": f"crash-{kind}"}
+    first = Uvicorn(tmp_path, spec, workers=1, lock_ttl=1.5)
+    try:
+        async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+            task = asyncio.ensure_future(client.post(
+                "/orders", content=b"order-1", headers={**key, "x-slow": "1"}))
+            for _ in range(200):  # until the handler runs (its side effect is written)
+                if first.effects.read_text():
+                    break
+                await asyncio.sleep(0.02)
+            assert first.effects.read_text(), "the slow handler never started"
+            first.kill()  # the process dies mid-request: no response, no cleanup
+            with pytest.raises(httpx.TransportError):
+                await task
+    finally:
+        if first.proc.poll() is None:
+            first.kill()
+    second = Uvicorn(tmp_path, spec, workers=1, lock_ttl=1.5)
+    try:
+        async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
+            held = await client.post("/orders", content=b"order-1", headers=key)
+            assert held.status_code == 409  # the dead worker's claim still holds the key
+            await asyncio.sleep(1.7)  # lock_ttl passes
+            retried = await client.post("/orders", content=b"order-1", headers=key)
+            assert retried.status_code == 201
+            assert retried.headers.get("idempotent-replayed") is None  # it ran again
+            again = await client.post("/orders", content=b"order-1", headers=key)
+            assert again.headers.get("idempotent-replayed") == "true"
+        assert len(second.effects.read_text().splitlines()) == 2  # the dead run + the retry
+    finally:
+        second.stop()

@@ -49,13 +49,16 @@ APP = textwrap.dedent('''
         body = await request.body()
         with open(os.environ["H2G_EFFECTS"], "a") as f:  # the side effect, one line per run
             f.write(f"{os.getpid()} {body.decode()}\\n")
-        await asyncio.sleep(0.3)  # slow enough that the other 199 arrive while it runs
+        # slow enough that the other 199 arrive while it runs; "x-slow: 1" (not part of the
+        # fingerprint): long enough to kill the process mid-request
+        await asyncio.sleep(30 if request.headers.get("x-slow") == "1" else 0.3)
         return JSONResponse({"order": str(uuid.uuid4()), "pid": os.getpid()}, status_code=201)
 
 
     def make_app():
         app = Starlette(routes=[Route("/orders", orders, methods=["POST"])])
-        guarded = IdempotencyMiddleware(app, store=_store(), lock_ttl=30.0)
+        guarded = IdempotencyMiddleware(app, store=_store(),
+                                        lock_ttl=float(os.environ.get("H2G_LOCK_TTL", "30")))
         pid = str(os.getpid()).encode()
 
         async def tag(scope, receive, send):  # which worker answered, on every response
@@ -84,44 +87,69 @@ def _store_spec(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> st
     return str(request.getfixturevalue("postgres_dsn"))
 
 
-@pytest.fixture
-def uvicorn_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    kind = request.param
-    (tmp_path / "workers_app.py").write_text(APP)
-    effects = tmp_path / "effects.log"
-    effects.touch()
-    port = _free_port()
-    env = {**os.environ, "H2G_STORE": _store_spec(kind, request, tmp_path),
-           "H2G_EFFECTS": str(effects),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    log = (tmp_path / "uvicorn.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "workers_app:make_app",
-         "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+class Uvicorn:
+    """One uvicorn process group serving ``workers_app:make_app`` from ``tmp_path``."""
+
+    def __init__(self, tmp_path: Path, store_spec: str, *, workers: int = WORKERS,
+                 lock_ttl: float = 30.0) -> None:
+        (tmp_path / "workers_app.py").write_text(APP)
+        self.effects = tmp_path / "effects.log"
+        self.effects.touch()
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "H2G_STORE": store_spec, "H2G_EFFECTS": str(self.effects),
+               "H2G_LOCK_TTL": str(lock_ttl),
+               "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+        self._log_path = tmp_path / f"uvicorn-{self.port}.log"
+        self._log = self._log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "workers_app:make_app",
+             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "warning", "--no-access-log"],
+            cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_listening(self) -> None:
         deadline = time.monotonic() + 30
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError("uvicorn exited: " + (tmp_path / "uvicorn.log").read_text())
+            if self.proc.poll() is not None:
+                raise RuntimeError("uvicorn exited: " + self._log_path.read_text())
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError("uvicorn did not listen within 30 s") from None
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", effects
-    finally:
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: workers die mid-request, nothing is cleaned up."""
         with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        self._log.close()
 
 
+@pytest.fixture
+def uvicorn_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    server = Uvicorn(tmp_path, _store_spec(request.param, request, tmp_path))
+    try:
+        yield server.url, server.effects
+    finally:
+        server.stop()
