@@ -86,3 +86,120 @@ def _run(conn: h2.connection.H2Connection, setup: str, frames: list[bytes]) -> l
 def test_same_frames_sent_and_events_reported_as_h2(setup: str, frames: list[bytes]) -> None:
     plain, ours = _pair()
     assert _run(ours, setup, frames) == _run(plain, setup, frames)
+
+
+# ---------------------------------------------------------------------------- request HEADERS
+
+
+def _configured_pair() -> list[h2.connection.H2Connection]:
+    """Plain h2 and the core's connection, configured as the core does (FastEncoder, no
+    outbound validation or normalisation), so their bytes must match exactly."""
+    from h2guard.wire.hpack_codec import FastEncoder
+
+    conns = []
+    for cls in (h2.connection.H2Connection, _Connection):
+        conn = cls(config=h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        conn.encoder = FastEncoder()
+        conn.initiate_connection()
+        conn.receive_data(hf.SettingsFrame(0).serialize())
+        conn.data_to_send()
+        conns.append(conn)
+    return conns
+
+
+def _request(method: bytes, extra: int = 0) -> list[tuple[bytes, bytes]]:
+    headers = [(b":method", method), (b":scheme", b"https"), (b":authority", b"api.test"),
+               (b":path", b"/orders?x=1"), (b"accept", b"*/*"), (b"user-agent", b"t/1")]
+    headers += [(f"x-h{i}".encode(), b"v" * 1000 + str(i).encode()) for i in range(extra)]
+    return headers
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"HEAD"])
+@pytest.mark.parametrize("end_stream", [True, False])
+@pytest.mark.parametrize("extra", [0, 40])  # 40 x 1 KB: HEADERS + CONTINUATION frames
+def test_request_headers_same_bytes_and_state_as_h2(method: bytes, end_stream: bool,
+                                                     extra: int) -> None:
+    plain, ours = _configured_pair()
+    for sid in (1, 3):
+        for conn in (plain, ours):
+            conn.send_headers(sid, _request(method, extra), end_stream=end_stream)
+        sent_plain, sent_ours = plain.data_to_send(), ours.data_to_send()
+        assert sent_ours == sent_plain
+        a, b = plain.streams[sid], ours.streams[sid]
+        assert b.state_machine.state == a.state_machine.state
+        assert (b._authority, b.request_method) == (a._authority, a.request_method)
+    assert ours.highest_outbound_stream_id == plain.highest_outbound_stream_id == 3
+    # what follows behaves the same: a body (if open), then the response
+    if not end_stream:
+        for conn in (plain, ours):
+            conn.send_data(1, b"body", end_stream=True)
+        assert ours.data_to_send() == plain.data_to_send()
+    import hpack
+
+    block = hpack.Encoder().encode([(b":status", b"200"), (b"content-length", b"5")])
+    frame = hf.HeadersFrame(1, block)
+    frame.flags.add("END_HEADERS")
+    if method == b"HEAD":
+        frame.flags.add("END_STREAM")
+    results = []
+    for conn in (plain, ours):
+        results.append([(type(e).__name__, getattr(e, "stream_id", None))
+                        for e in conn.receive_data(frame.serialize())])
+    assert results[0] == results[1]
+
+
+def test_trailers_and_server_headers_still_go_through_h2() -> None:
+    plain, ours = _configured_pair()
+    for conn in (plain, ours):
+        conn.send_headers(1, _request(b"POST"), end_stream=False)
+        conn.send_headers(1, [(b"x-checksum", b"abc")], end_stream=True)  # trailers
+    assert ours.data_to_send() == plain.data_to_send()
+
+
+def test_closed_request_streams_are_forgotten() -> None:
+    from h2guard.wire.core import H2Core
+
+    client, server = H2Core(client=True), H2Core(client=False)
+    client.start(0.0)
+    server.start(0.0)
+    server.receive(client.data_to_send(), 0.0)
+    client.receive(server.data_to_send(), 0.0)
+    for _ in range(500):
+        sid = client.next_stream_id()
+        client.send_headers(sid, _request(b"GET"), end_stream=True)
+        server.receive(client.data_to_send(), 0.0)
+        server.respond(sid, [(b":status", b"200"), (b"content-length", b"2")], b"ok")
+        client.receive(server.data_to_send(), 0.0)
+    assert len(client._conn.streams) < 64  # swept every 32 new streams, not kept forever
+
+
+@pytest.mark.parametrize("block", [
+    [(b":status", b"200"), (b"server", b"x"), (b"cookie", b"a=1"), (b"cookie", b"b=2")],
+    [(b":status", b"200"), (b"Upper", b"x")],                  # invalid: uppercase name
+    [(b":status", b"200"), (b"x", b" padded ")],               # invalid: surrounding space
+    [(b":status", b"200"), (b"connection", b"close")],         # invalid: connection-specific
+    [(b"x", b"1"), (b":status", b"200")],                      # invalid: pseudo after regular
+    [(b":status", b"200"), (b":path", b"/")],                  # invalid: request pseudo
+])
+def test_received_header_blocks_validated_as_h2_does_also_when_seen_again(block: list) -> None:
+    import hpack
+
+    for _round in range(3):  # the second and third time come from the memo (if valid)
+        plain, ours = _pair()
+        outcome = []
+        for conn in (plain, ours):
+            conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/"),
+                                  (b":scheme", b"http"), (b":authority", b"x")],
+                              end_stream=True)
+            conn.data_to_send()
+            frame = hf.HeadersFrame(1, hpack.Encoder().encode(block))
+            frame.flags.add("END_HEADERS")
+            try:
+                events = conn.receive_data(frame.serialize())
+                outcome.append([(type(e).__name__, getattr(e, "headers", None))
+                                for e in events])
+            except h2.exceptions.ProtocolError as exc:
+                outcome.append(type(exc).__name__)
+        assert outcome[1] == outcome[0]

@@ -35,6 +35,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hpack.exceptions
 import hyperframe.frame
 from h2.connection import ConnectionInputs, ConnectionState
@@ -101,6 +102,49 @@ class _UnenforcedLimit(h2.settings.Settings):
         return 2**32 + 1
 
 
+_VALIDATED_MAX = 512
+_VALIDATED_MAX_BLOCK = 2048
+
+
+class _Stream(h2.stream.H2Stream):
+    """h2's stream, remembering header blocks it already validated.
+
+    h2 validates and normalises every received header block through a chain of ~10
+    generators (about 10% of a small response's cost). The outcome is a pure function of the
+    fields and the validation flags, and servers send the same block again and again (nginx:
+    only ``date`` changes, once a second), so a block seen before is not walked again. Only
+    blocks of plain tuples are remembered (a never-indexed field keeps its own type), and only
+    valid ones (an invalid block raises every time)."""
+
+    _validated: dict[tuple[object, ...], list[Any]] = {}
+
+    def _process_received_headers(self, headers: Any, header_validation_flags: Any,
+                                  header_encoding: Any) -> list[Any]:
+        if header_encoding is not None or not isinstance(headers, list):
+            return super()._process_received_headers(headers, header_validation_flags,
+                                                     header_encoding)
+        size = 0
+        for field in headers:
+            if type(field) is not tuple:
+                return super()._process_received_headers(headers, header_validation_flags,
+                                                         header_encoding)
+            size += len(field[0]) + len(field[1])
+        if size > _VALIDATED_MAX_BLOCK:  # bounded memory: big blocks are rare, not memoised
+            return super()._process_received_headers(headers, header_validation_flags,
+                                                     header_encoding)
+        key = (header_validation_flags, self.config.validate_inbound_headers,
+               self.config.normalize_inbound_headers, *headers)
+        memo = _Stream._validated
+        done = memo.get(key)
+        if done is None:
+            done = super()._process_received_headers(headers, header_validation_flags,
+                                                     header_encoding)
+            if len(memo) >= _VALIDATED_MAX:
+                memo.clear()
+            memo[key] = done
+        return list(done)
+
+
 class _Connection(h2.connection.H2Connection):
     """h2's connection, minus an O(n) walk on every new stream.
 
@@ -130,6 +174,11 @@ class _Connection(h2.connection.H2Connection):
         # (:meth:`H2Core.can_open_stream`), with its own count of the streams it opened.
         return super().open_outbound_streams if self._sweep_due() else 0
 
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> h2.stream.H2Stream:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = _Stream  # same object layout; only the method above differs
+        return stream
+
     def _receive_frame(self, frame: Any) -> list[h2.events.Event]:
         # h2's version formats ``repr(frame)`` for a trace log on every frame, even with
         # logging off (~4% of a small request). Same dispatch and the same handling of frames
@@ -151,6 +200,47 @@ class _Connection(h2.connection.H2Connection):
             raise
         self._prepare_for_sending(frames)
         return events
+
+    def send_headers(self, stream_id: int, headers: Any, end_stream: bool = False,
+                     priority_weight: int | None = None, priority_depends_on: int | None = None,
+                     priority_exclusive: bool | None = None) -> None:
+        # A client's new request is ~30% cheaper done here than through h2's general path,
+        # which re-encodes every header to bytes, checks for informational responses, builds
+        # validation flags and frame objects: work that is a no-op for request HEADERS of
+        # bytes (the transport builds them). The state changes are h2's own: the connection
+        # and stream state machines take the same inputs. Anything else goes to h2.
+        if (not self.config.client_side or stream_id in self.streams
+                or priority_weight is not None or priority_depends_on is not None
+                or priority_exclusive is not None):
+            super().send_headers(stream_id, headers, end_stream, priority_weight,
+                                 priority_depends_on, priority_exclusive)
+            return
+        self.open_outbound_streams  # noqa: B018 - its side effect: the periodic sweep of closed streams
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream = self._begin_new_stream(stream_id, h2.connection.AllowedStreamIDs.ODD)
+        machine = stream.state_machine
+        machine.process_input(h2.stream.StreamInputs.SEND_HEADERS)
+        block = self.encoder.encode(headers)
+        if end_stream:
+            machine.process_input(h2.stream.StreamInputs.SEND_END_STREAM)
+        for name, value in headers:
+            if name == b":authority":
+                stream._authority = value
+            elif name == b":method":
+                stream.request_method = value
+            elif name[:1] != b":":
+                break
+        limit = self.max_outbound_frame_size
+        first = block[:limit]
+        flags = (0x4 if len(block) <= limit else 0) | (0x1 if end_stream else 0)
+        out = self._data_to_send
+        out += struct.pack(">I", len(first))[1:] + bytes((0x1, flags)) + \
+            struct.pack(">I", stream_id) + first
+        for start in range(limit, len(block), limit):  # CONTINUATION frames
+            chunk = block[start:start + limit]
+            last = start + limit >= len(block)
+            out += struct.pack(">I", len(chunk))[1:] + bytes((0x9, 0x4 if last else 0)) + \
+                struct.pack(">I", stream_id) + chunk
 
     def _send_rst(self, stream_id: int, code: Any) -> None:
         frame = hyperframe.frame.RstStreamFrame(stream_id)
