@@ -39,6 +39,7 @@ _REFUSED = 0x7
 _HTTP_1_1_REQUIRED = 0xD
 _MCS = 0x3
 _SEND_SLICE = 1 << 16  # request body bytes handed to the core per call
+_BATCH = 16  # request HEADERS per write at most, when many are opened in one loop tick
 
 
 class ConnectionSettings:
@@ -148,6 +149,7 @@ class Connection(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self.requests = 0
         self._flush_pending = False
+        self._unflushed = 0
 
     # ------------------------------------------------------------------ opening
 
@@ -403,7 +405,14 @@ class Connection(asyncio.Protocol):
         st.body_done = end_stream
         self.requests += 1
         self.last_active = self.loop.time()
-        self._flush_soon()  # the HEADERS of every request opened this tick go in one write
+        # The HEADERS of requests opened this tick go out together, but in batches of
+        # _BATCH: a server that answers a burst in one write would otherwise wait idle while
+        # all 50 responses are processed here, then get all 50 new requests at once (lockstep).
+        self._unflushed += 1
+        if self._unflushed >= _BATCH:
+            self._flush()
+        else:
+            self._flush_soon()
         self._arm_watchdog()
         return st
 
@@ -517,6 +526,7 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_pending = False
+        self._unflushed = 0
         data = self.core.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
