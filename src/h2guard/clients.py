@@ -47,15 +47,10 @@ class AsyncClient(httpx.AsyncClient):
                  events: EventLog | None = None,
                  on_retry: Callable[[RetryInfo], None] | None = None,
                  seed: int | None = None, **httpx_options: Any) -> None:
-        if "transport" in httpx_options:
-            raise TypeError("h2guard.AsyncClient builds its own transport; to wrap another "
-                            "one use httpx.AsyncClient(transport=h2guard.RetryTransport(...))")
-        self.events = events if events is not None else EventLog(maxlen=10_000)
-        inner = AsyncHTTPTransport(verify=verify, cert=cert, limits=limits,
-                                   http2_prior_knowledge=http2_prior_knowledge,
-                                   events=self.events, seed=seed, **(transport_options or {}))
-        self.retry = RetryTransport(inner, policy=policy, events=self.events,
-                                    on_retry=on_retry, seed=seed)
+        self.events, self.retry = _parts(
+            "AsyncClient", AsyncHTTPTransport, httpx_options, policy=policy, events=events,
+            on_retry=on_retry, seed=seed, transport_options=transport_options, verify=verify,
+            cert=cert, limits=limits, http2_prior_knowledge=http2_prior_knowledge)
         super().__init__(transport=self.retry, **httpx_options)
 
 
@@ -69,13 +64,23 @@ class Client(httpx.Client):
                  events: EventLog | None = None,
                  on_retry: Callable[[RetryInfo], None] | None = None,
                  seed: int | None = None, **httpx_options: Any) -> None:
-        if "transport" in httpx_options:
-            raise TypeError("h2guard.Client builds its own transport; to wrap another one use "
-                            "httpx.Client(transport=h2guard.RetryTransport(...))")
-        self.events = events if events is not None else EventLog(maxlen=10_000)
-        inner = HTTPTransport(verify=verify, cert=cert, limits=limits,
-                              http2_prior_knowledge=http2_prior_knowledge, events=self.events,
-                              seed=seed, **(transport_options or {}))
-        self.retry = RetryTransport(inner, policy=policy, events=self.events,
-                                    on_retry=on_retry, seed=seed)
+        self.events, self.retry = _parts(
+            "Client", HTTPTransport, httpx_options, policy=policy, events=events,
+            on_retry=on_retry, seed=seed, transport_options=transport_options, verify=verify,
+            cert=cert, limits=limits, http2_prior_knowledge=http2_prior_knowledge)
         super().__init__(transport=self.retry, **httpx_options)
+
+
+def _parts(name: str, transport_cls: Any, httpx_options: dict[str, Any], *,
+           policy: RetryPolicy | None, events: EventLog | None,
+           on_retry: Callable[[RetryInfo], None] | None, seed: int | None,
+           transport_options: dict[str, Any] | None, **transport: Any
+           ) -> tuple[EventLog, RetryTransport]:
+    """The event log and the RetryTransport(h2guard transport) both clients are built on."""
+    if "transport" in httpx_options:
+        base = "httpx.AsyncClient" if name == "AsyncClient" else "httpx.Client"
+        raise TypeError(f"h2guard.{name} builds its own transport; to wrap another one use "
+                        f"{base}(transport=h2guard.RetryTransport(...))")
+    log = events if events is not None else EventLog(maxlen=10_000)
+    inner = transport_cls(events=log, seed=seed, **transport, **(transport_options or {}))
+    return log, RetryTransport(inner, policy=policy, events=log, on_retry=on_retry, seed=seed)

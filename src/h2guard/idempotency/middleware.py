@@ -293,15 +293,7 @@ class IdempotencyMiddleware:
     async def _run(self, scope: Scope, body: bytes, receive: Receive, send: Send,
                    store_key: str, token: str) -> None:
         """Run the handler; store its response before the client sees it."""
-        delivered = False
-
-        async def replay_receive() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
+        replay_receive = _replaying(body, receive)
         start: Message | None = None
         chunks: list[bytes] = []
         size = 0
@@ -367,16 +359,7 @@ class IdempotencyMiddleware:
                    seconds=time.perf_counter() - started)
         if self.fail_open:
             self._emit("idempotency.unguarded", path=scope.get("path", ""))
-            delivered = False
-
-            async def replay_receive() -> Message:
-                nonlocal delivered
-                if not delivered:
-                    delivered = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay_receive, send)
+            await self.app(scope, _replaying(body, receive), send)
             return
         await _send_stored(send, _problem(
             503, "Idempotency store unavailable",
@@ -399,6 +382,21 @@ class IdempotencyMiddleware:
 
     def _emit(self, name: str, **data: Any) -> None:
         self.events.emit(name, **data)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` for the app: the body already read (for the fingerprint) in one message,
+    then the real channel (so the app still sees a disconnect)."""
+    delivered = False
+
+    async def replay_receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay_receive
 
 
 def _one_line(exc: BaseException) -> str:

@@ -206,6 +206,31 @@ class _Attempts:
         self.previous_delay = delay
         return Decision(True, delay=delay, reason=reason)
 
+    def after_error(self, exc: Exception, limit: float | None) -> Decision:
+        """An attempt raised: the retry decision (reported), or raise what the caller gets."""
+        if isinstance(exc, TimeoutError) and limit is not None:
+            failure: Failure | None = Failure(
+                "timeout", "maybe", None, None, None, self.origin,
+                f"no response within {limit:.3g} s (attempt_timeout / deadline)")
+        else:
+            failure = classify(exc, origin=self.origin)
+        if failure is None:
+            raise exc  # not a transport failure (a bad URL, a bug): never retried
+        decision = self.judge(failure)
+        if not decision.retry:
+            raise self.give_up(exc, failure, decision) from exc
+        self.report_retry(decision, failure, None)
+        return decision
+
+    def after_response(self, response: httpx.Response) -> Decision | None:
+        """A response arrived: None to return it, or the decision to retry it (the caller
+        closes it and reports)."""
+        status = response.status_code
+        if self.policy.condition(None, status) is None:
+            return None
+        decision = self.judge(None, status, _retry_after(response))
+        return decision if decision.retry else None
+
     # ------------------------------------------------------------------ reporting
 
     def report_retry(self, decision: Decision, failure: Failure | None,
@@ -324,29 +349,15 @@ class RetryTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
                     with anyio.fail_after(limit):
                         response = await inner.handle_async_request(request)
             except Exception as exc:
-                if isinstance(exc, TimeoutError) and limit is not None:
-                    failure: Failure | None = Failure(
-                        "timeout", "maybe", None, None, None, plan.origin,
-                        f"no response within {limit:.3g} s (attempt_timeout / deadline)")
-                else:
-                    failure = classify(exc, origin=plan.origin)
-                if failure is None:
-                    raise
-                decision = plan.judge(failure)
-                if not decision.retry:
-                    raise plan.give_up(exc, failure, decision) from exc
-                plan.report_retry(decision, failure, None)
+                decision = plan.after_error(exc, limit)  # raises when not retried
                 await _sleep_async(decision.delay)
                 continue
-            status = response.status_code
-            if plan.policy.condition(None, status) is None:
+            again = plan.after_response(response)
+            if again is None:
                 return plan.finish(response)  # the happy path: nothing else to look at
-            decision = plan.judge(None, status, _retry_after(response))
-            if not decision.retry:
-                return plan.finish(response)
             await response.aclose()
-            plan.report_retry(decision, None, status)
-            await _sleep_async(decision.delay)
+            plan.report_retry(again, None, response.status_code)
+            await _sleep_async(again.delay)
 
     async def aclose(self) -> None:
         if isinstance(self.inner, httpx.AsyncBaseTransport):
@@ -365,24 +376,15 @@ class RetryTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
             try:
                 response = inner.handle_request(request)
             except Exception as exc:
-                failure = classify(exc, origin=plan.origin)
-                if failure is None:
-                    raise
-                decision = plan.judge(failure)
-                if not decision.retry:
-                    raise plan.give_up(exc, failure, decision) from exc
-                plan.report_retry(decision, failure, None)
+                decision = plan.after_error(exc, None)  # raises when not retried
                 _sleep_sync(decision.delay)
                 continue
-            status = response.status_code
-            if plan.policy.condition(None, status) is None:
-                return plan.finish(response)
-            decision = plan.judge(None, status, _retry_after(response))
-            if not decision.retry:
+            again = plan.after_response(response)
+            if again is None:
                 return plan.finish(response)
             response.close()
-            plan.report_retry(decision, None, status)
-            _sleep_sync(decision.delay)
+            plan.report_retry(again, None, response.status_code)
+            _sleep_sync(again.delay)
 
     def close(self) -> None:
         if isinstance(self.inner, httpx.BaseTransport):
