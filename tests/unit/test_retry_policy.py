@@ -529,3 +529,15 @@ def test_ks_helper_detects_a_non_uniform_sample() -> None:
     rng = random.Random(0)
     skewed = [math.sqrt(rng.random()) for _ in range(_DRAWS)]
     assert _ks_uniform(skewed, 0.0, 1.0) > 0.2
+
+
+def test_refused_stream_can_be_distrusted_behind_a_proxy_that_breaks_rfc_9113() -> None:
+    from h2guard.errors import Failure
+    from h2guard.retry import RetryPolicy
+
+    refused = Failure("refused_stream", "no", 0x7, 1)
+    assert not RetryPolicy().needs_safety(refused)  # RFC 9113 §8.7: never processed
+    distrust = RetryPolicy(trust_refused_stream=False)
+    assert distrust.needs_safety(refused)  # haproxy may say REFUSED after the app ran
+    assert distrust.condition(refused) == "refused-stream"  # still a retry_on condition
+    assert not distrust.needs_safety(Failure("goaway_unprocessed", "no", 0, 3, 1))

@@ -80,6 +80,11 @@ class RetryPolicy:
     on a retriable response is honoured up to ``retry_after_cap``; a longer wait is not
     retried: the response is returned as it is.
 
+    ``trust_refused_stream=False`` treats REFUSED_STREAM like any other reset (idempotent or
+    keyed requests only): RFC 9113 says a refused stream was not processed, but a proxy may
+    break that promise — haproxy 2.6 answers a backend that reset a stream *after* its app ran
+    with REFUSED_STREAM to the client (docs/FINDINGS.md). Turn it off behind such a proxy.
+
     ``idempotency_keys`` adds an ``Idempotency-Key`` (128 random bits, the same on every
     attempt of one logical request) to ``key_methods`` requests that have none, so a POST
     becomes retryable against a server that honours the header; a caller's key is never
@@ -105,6 +110,7 @@ class RetryPolicy:
     budget: bool = True
     budget_ratio: float = 0.1
     budget_reserve: float = 20.0
+    trust_refused_stream: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.retry_on) - RETRY_ON
@@ -157,8 +163,10 @@ class RetryPolicy:
 
     def needs_safety(self, failure: Failure | None) -> bool:
         """Does resending need an idempotent method or a key? (Anything not proven
-        unprocessed does.)"""
-        return failure is None or failure.processed != "no"
+        unprocessed does; so does REFUSED_STREAM when ``trust_refused_stream`` is off.)"""
+        if failure is None or failure.processed != "no":
+            return True
+        return failure.kind == "refused_stream" and not self.trust_refused_stream
 
     def max_attempts(self, failure: Failure | None) -> int:
         if failure is not None and failure.kind in _UNPROCESSED_KINDS:
