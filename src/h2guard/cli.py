@@ -154,11 +154,12 @@ def chaos_check(
 
 @chaos_app.command("demo")
 def chaos_demo() -> None:
-    """Reproduce "stream was reset" against plain httpx, with no server to install.
+    """Reproduce "stream was reset" against plain httpx, then fix it, with no server to install.
 
     Runs a few middlebox set-ups in-process (a tightened nginx, an AWS ALB idle timeout, a
     reset after the app ran), drives httpx with HTTP/2 at each, and prints what failed, why,
-    and what the server's ledger says was really written.
+    and what the server's ledger says was really written; then the same traffic through
+    h2guard.AsyncClient on a fresh server with the same faults, and a before/after table.
     """
     import asyncio
 

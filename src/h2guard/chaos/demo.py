@@ -1,9 +1,11 @@
-"""``make demo``: reproduce the production "stream was reset" incident on a laptop.
+"""``make demo``: reproduce the production "stream was reset" incident on a laptop, then fix it.
 
 It starts a chaos server in-process (TLS, ALPN h2, a fresh CA) for each of a few middlebox set-ups
 from FIELD-NOTES.md, drives plain ``httpx`` (HTTP/2) at it the way a service would, and prints
 what broke, why (from the faults the server injected), and what the server's ledger says really
-happened. No external server is needed.
+happened. Then the same traffic again, on a fresh server with the same faults, through
+``h2guard.AsyncClient`` (automatic Idempotency-Keys, against a server that honours them), and a
+before/after table. No external server is needed.
 """
 
 from __future__ import annotations
@@ -102,14 +104,25 @@ def _label(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-async def _drive(case: DemoCase, server: ChaosServer, progress: Progress) -> Counter[str]:
+def _client(which: str, server: ChaosServer, case: DemoCase) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=case.concurrency)
+    verify = ssl.create_default_context(cafile=server.ca_file) if server.ca_file else True
+    if which == "httpx":
+        return httpx.AsyncClient(http2=True, verify=verify, limits=limits, timeout=10.0)
+    import h2guard
+
+    # keys make the crashed POSTs retryable: this demo's server honours them (run with
+    # honour_idempotency_keys), as h2guard.idempotency would in a real service
+    return h2guard.AsyncClient(verify=verify, timeout=10.0, seed=7,
+                               policy=h2guard.RetryPolicy(idempotency_keys=True, attempts=5))
+
+
+async def _drive(case: DemoCase, server: ChaosServer, progress: Progress,
+                 which: str = "httpx") -> Counter[str]:
     outcomes: Counter[str] = Counter()
     total = case.waves * case.per_wave
     task = progress.add_task(case.title, total=total)
-    limits = httpx.Limits(max_connections=case.concurrency)
-    verify = ssl.create_default_context(cafile=server.ca_file) if server.ca_file else True
-    async with httpx.AsyncClient(http2=True, verify=verify, limits=limits,
-                                 timeout=10.0) as client:
+    async with _client(which, server, case) as client:
         sem = asyncio.Semaphore(case.concurrency)
 
         async def one() -> None:
@@ -147,19 +160,23 @@ def _why(server: ChaosServer) -> list[str]:
     return lines
 
 
-async def _run_case(case: DemoCase, console: Console) -> dict[str, int]:
-    config = ServerConfig(port=0, time_scale=case.time_scale, seed=7)
+async def _run_case(case: DemoCase, console: Console, which: str = "httpx") -> dict[str, int]:
+    fixed = which == "h2guard"
+    config = ServerConfig(port=0, time_scale=case.time_scale, seed=7,
+                          honour_idempotency_keys=fixed)
     server = ChaosServer(case.scenario, config=config)
     await server.start()
     try:
-        console.rule(f"[bold]{case.title}")
-        console.print(f"[dim]{case.scenario.description}[/]")
-        console.print(f"httpx (http2=True): {case.waves} wave(s) of {case.per_wave} "
+        if not fixed:
+            console.rule(f"[bold]{case.title}")
+            console.print(f"[dim]{case.scenario.description}[/]")
+        name = "h2guard.AsyncClient" if fixed else "httpx (http2=True)"
+        console.print(f"{name}: {case.waves} wave(s) of {case.per_wave} "
                       f"{case.method} {case.path}, concurrency {case.concurrency}"
                       + (f", {case.gap * case.time_scale:g} s apart" if case.waves > 1 else ""))
         with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
                       console=console, transient=True) as progress:
-            outcomes = await _drive(case, server, progress)
+            outcomes = await _drive(case, server, progress, which)
         await asyncio.sleep(0.05)
         total = sum(outcomes.values())
         ok = sum(n for k, n in outcomes.items() if k.startswith("HTTP 2"))
@@ -170,33 +187,55 @@ async def _run_case(case: DemoCase, console: Console) -> dict[str, int]:
             style = "green" if label.startswith("HTTP 2") else "red"
             table.add_row(f"[{style}]{label}[/]", str(n))
         console.print(table)
-        console.print(f"[bold]{total - ok} of {total} failed[/]")
+        style = "green" if ok == total else "bold"
+        console.print(f"[{style}]{total - ok} of {total} failed[/]")
         why = _why(server)
-        if why:
+        if why and not fixed:
             console.print("what the server injected:")
             for line in why:
                 console.print("  " + line)
+        twice = len(server.ledger.duplicate_requests)
         if case.method == "POST":
             effects = server.ledger.total
             console.print(f"ledger: {effects} orders written for {ok} successful responses"
                           + (f" — [yellow]{effects - ok} written although the client saw a "
-                             "failure[/]" if effects > ok else ""))
-        console.print(f"[cyan]lesson:[/] {case.lesson}\n")
-        return {"total": total, "failed": total - ok, "effects": server.ledger.total}
+                             "failure[/]" if effects > ok else "")
+                          + (f" — [red]{twice} written twice[/]" if twice else ""))
+        if not fixed:
+            console.print(f"[cyan]lesson:[/] {case.lesson}\n")
+        else:
+            console.print()
+        return {"total": total, "failed": total - ok, "effects": server.ledger.total,
+                "duplicates": twice}
     finally:
         await server.stop()
 
 
-async def run_demo(*, console: Console | None = None,
-                   cases: list[DemoCase] | None = None) -> dict[str, dict[str, int]]:
-    """Run every case; return figures by scenario name."""
+async def run_demo(*, console: Console | None = None, cases: list[DemoCase] | None = None,
+                   fix: bool = True) -> dict[str, dict[str, dict[str, int]]]:
+    """Run every case with plain httpx, then (``fix``) with h2guard; figures by scenario."""
     console = console or Console()
     started = time.monotonic()
     console.print("[bold]h2guard chaos demo[/]: production HTTP/2 failures, reproduced "
-                  "against plain httpx\n")
-    results = {}
+                  "against plain httpx" + (", then fixed with h2guard" if fix else "") + "\n")
+    results: dict[str, dict[str, dict[str, int]]] = {}
     for case in cases or default_cases():
-        results[case.scenario.name] = await _run_case(case, console)
+        figures = {"httpx": await _run_case(case, console)}
+        if fix:
+            figures["h2guard"] = await _run_case(case, console, "h2guard")
+        results[case.scenario.name] = figures
+    if fix:
+        table = Table(title="before / after", title_justify="left")
+        table.add_column("set-up")
+        table.add_column("plain httpx failed", justify="right")
+        table.add_column("h2guard failed", justify="right")
+        table.add_column("orders written twice (h2guard)", justify="right")
+        for case in cases or default_cases():
+            got = results[case.scenario.name]
+            table.add_row(case.title, f"[red]{got['httpx']['failed']}[/]",
+                          f"[green]{got['h2guard']['failed']}[/]",
+                          str(got["h2guard"]["duplicates"]) if case.method == "POST" else "-")
+        console.print(table)
     console.print(f"[dim]done in {time.monotonic() - started:.1f} s. Reproduce any of these: "
                   "h2guard chaos serve --profile nginx --time-scale 0.01[/]")
     return results
