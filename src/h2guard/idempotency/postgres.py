@@ -111,7 +111,7 @@ class PostgresStore:
         t = sql.Identifier(*parts)
         index = sql.Identifier(f"{parts[-1]}_expires_at_idx"[:63])
         lock_key = sql.Literal(f"h2guard.idempotency:{table}")
-        return {
+        statements = {
             "schema_lock": sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(lock_key),
             "create": sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} ("
@@ -132,6 +132,17 @@ class PostgresStore:
                 " WHERE t.expires_at <= clock_timestamp()"
                 "  OR (t.state = 'in_progress' AND t.locked_until <= clock_timestamp())"
                 " RETURNING t.token").format(t),
+            # The claim, and in the same statement the live record it met (as of the statement's
+            # start): a replay costs one round trip. A record a concurrent claim inserted after
+            # that start is not seen here: no row comes back, and the two-step path decides.
+            "claim_or_read": sql.SQL(
+                "WITH ins AS ({claim})"
+                " SELECT 'claimed'::text, NULL::text, NULL::text, NULL::bytea FROM ins"
+                " UNION ALL"
+                " SELECT r.state, r.fingerprint, r.token, r.response FROM {t} r"
+                " WHERE r.key = %(key)s AND NOT EXISTS (SELECT 1 FROM ins)"
+                "  AND r.expires_at > clock_timestamp()"
+                "  AND (r.state <> 'in_progress' OR r.locked_until > clock_timestamp())"),
             # The live record, if any: neither expired nor in progress past its lock.
             "read": sql.SQL(
                 "SELECT state, fingerprint, token, response FROM {}"
@@ -146,6 +157,9 @@ class PostgresStore:
                 "  AND (state = 'in_progress' OR (%(retry)s AND state = 'completed'))").format(t),
             "purge": sql.SQL("DELETE FROM {} WHERE expires_at <= clock_timestamp()").format(t),
         }
+        statements["claim_or_read"] = statements["claim_or_read"].format(
+            claim=statements["claim"], t=t)
+        return statements
 
     # -- connections ---------------------------------------------------------------------
 
@@ -299,14 +313,19 @@ class PostgresStore:
                   "ttl": float(ttl)}
 
         async def op(conn: psycopg.AsyncConnection[Any], retry: bool) -> Claim:
-            for _ in range(_CLAIM_ATTEMPTS):
-                cur = await conn.execute(self._sql["claim"], params)
-                if await cur.fetchone() is not None:
-                    return Claim("claimed", fingerprint)
-                cur = await conn.execute(self._sql["read"], {"key": key})
-                row = await cur.fetchone()
+            cur = await conn.execute(self._sql["claim_or_read"], params)
+            row = await cur.fetchone()
+            for attempt in range(_CLAIM_ATTEMPTS):
+                if attempt:  # the two-step path: a race the one statement could not see
+                    cur = await conn.execute(self._sql["claim"], params)
+                    if await cur.fetchone() is not None:
+                        return Claim("claimed", fingerprint)
+                    cur = await conn.execute(self._sql["read"], {"key": key})
+                    row = await cur.fetchone()
                 if row is None:
-                    continue  # the holder's record lapsed in between: try again
+                    continue  # the holder's record lapsed in between, or was not visible yet
+                if row[0] == "claimed":
+                    return Claim("claimed", fingerprint)
                 state, stored_fp, stored_token, response = row
                 if stored_token == token and state == "in_progress":
                     # Ours: a retry after a broken connection, or the caller reused a token.
