@@ -87,6 +87,11 @@ class Failure:
     def explain(self) -> str:
         """One or two sentences in plain words: what happened, and what to do."""
         where = f" (stream {self.stream_id})" if self.stream_id is not None else ""
+        if self.kind == "refused_stream" and self.processed != "no":
+            return (f"The server refused the stream{where} with REFUSED_STREAM, which this client "
+                    "does not trust to mean unprocessed (trust_refused_stream=False: a proxy may "
+                    "send it after the app ran); only an idempotent request or one with an "
+                    "Idempotency-Key can be sent again.")
         if self.kind == "refused_stream":
             return (f"The server refused the stream{where} with REFUSED_STREAM before processing "
                     "it; it is safe to send again on another connection.")

@@ -225,3 +225,18 @@ async def test_refused_stream_from_httpx_own_transport_is_recognised_and_retried
         assert server.ledger.duplicate_requests == {}
         # every success wrote once; the StreamClosedError ones were in truth refused, unwritten
         assert server.ledger.total == len(outcomes) - len(failed)
+
+
+async def test_a_transport_told_not_to_trust_refused_stream_does_not_move_a_post() -> None:
+    async with serve(_refuse(1.0), h2c=True, seed=5) as server:
+        transport = h2guard.AsyncHTTPTransport(http2_prior_knowledge=True,
+                                               trust_refused_stream=False)
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            with pytest.raises(httpx.RemoteProtocolError) as caught:
+                await client.post("/orders", content=b"x")
+        failure = h2guard.failure_of(caught.value)
+        assert failure is not None
+        assert (failure.kind, failure.processed, failure.attempts) == \
+            ("refused_stream", "maybe", 1)
+        assert "does not trust" in str(caught.value)
+        assert transport.events.counts.get("client.transparent_retry", 0) == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import ssl
 import threading
@@ -81,6 +82,8 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     buffered. ``transparent_retries`` (10): how often a request that was provably never
     processed (REFUSED_STREAM, HTTP_1_1_REQUIRED) moves to another connection; streams left
     unprocessed by a GOAWAY may move three times as often (the server is draining, not sick).
+    ``trust_refused_stream=False``: treat REFUSED_STREAM as maybe processed (not moved), for
+    proxies that send it after the app ran (haproxy 2.6, docs/FINDINGS.md).
     ``http2_prior_knowledge``: h2c for ``http://`` URLs (otherwise ``http://`` uses HTTP/1.1,
     as browsers do). ``limits`` (an ``httpx.Limits``) sets ``max_connections_per_origin`` from
     ``max_connections`` and ``max_idle`` from ``keepalive_expiry``, as a drop-in.
@@ -103,6 +106,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         stream_window: int = 1 << 20,
         connection_window: int = 16 << 20,
         transparent_retries: int = 10,
+        trust_refused_stream: bool = True,
         events: EventLog | None = None,
         seed: int | None = None,
     ) -> None:
@@ -130,6 +134,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                                                  ping_interval=ping_interval,
                                                  ping_timeout=ping_timeout)
         self._retries = transparent_retries
+        self._trust_refused = trust_refused_stream
         self.events = events if events is not None else EventLog(maxlen=10_000)
         self._rng = random.Random(seed)
         self._pools: dict[tuple[bytes, bytes, int], OriginPool] = {}
@@ -202,6 +207,10 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                     extensions={"http_version": b"HTTP/2", "h2guard_stream_id": st.sid,
                                 "h2guard_attempts": attempt})
             failure = st.failure
+            if failure.kind == "refused_stream" and not self._trust_refused:
+                failure = dataclasses.replace(failure, processed="maybe", detail=(
+                    "REFUSED_STREAM, not trusted to mean unprocessed (trust_refused_stream="
+                    "False: a proxy such as haproxy may send it after the app ran)"))
             if failure.kind == "goaway_unprocessed":
                 drained += 1  # a draining server is alive: allow more moves, still bounded
             else:
