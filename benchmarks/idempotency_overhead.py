@@ -315,10 +315,10 @@ def make_store(store: str, server: Any, workdir: Path) -> Any:
 
         return SQLiteStore(workdir / "idempotency.sqlite3")
     if store == "redis":
-        from h2guard.idempotency.redis import RedisStore
+        from h2guard.idempotency.stores.redis import RedisStore
 
         return RedisStore(server.url, prefix=f"bench:{uuid.uuid4().hex[:8]}:")
-    from h2guard.idempotency.postgres import PostgresStore
+    from h2guard.idempotency.stores.postgres import PostgresStore
 
     return PostgresStore(server.url)
 

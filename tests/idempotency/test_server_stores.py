@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from store_servers import FreezingProxy, Server, closed_port, silent_listener
 
-from h2guard.idempotency.postgres import PostgresStore
-from h2guard.idempotency.redis import RedisStore
 from h2guard.idempotency.store import IdempotencyStore, StoredResponse, StoreError
+from h2guard.idempotency.stores.postgres import PostgresStore
+from h2guard.idempotency.stores.redis import RedisStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,12 +14,12 @@ from h2guard.idempotency.middleware import (
     parse_key,
     principal_from_authorization,
 )
-from h2guard.idempotency.sqlite import SQLiteStore
 from h2guard.idempotency.store import Claim, IdempotencyStore, StoredResponse, StoreError
+from h2guard.idempotency.stores.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
-    from h2guard.idempotency.postgres import PostgresStore
-    from h2guard.idempotency.redis import RedisStore
+    from h2guard.idempotency.stores.postgres import PostgresStore
+    from h2guard.idempotency.stores.redis import RedisStore
 
 __all__ = ["Claim", "IdempotencyMiddleware", "IdempotencyStore", "PostgresStore", "RedisStore",
            "SQLiteStore", "StoreError", "StoredResponse", "parse_key",
@@ -28,11 +28,11 @@ __all__ = ["Claim", "IdempotencyMiddleware", "IdempotencyStore", "PostgresStore"
 
 def __getattr__(name: str) -> Any:
     if name == "RedisStore":
-        from h2guard.idempotency.redis import RedisStore
+        from h2guard.idempotency.stores.redis import RedisStore
 
         return RedisStore
     if name == "PostgresStore":
-        from h2guard.idempotency.postgres import PostgresStore
+        from h2guard.idempotency.stores.postgres import PostgresStore
 
         return PostgresStore
     raise AttributeError(name)

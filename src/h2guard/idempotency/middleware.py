@@ -41,6 +41,11 @@ from typing import Any
 import anyio
 
 from h2guard.events import EventLog
+from h2guard.idempotency.fingerprint import (
+    fingerprint,
+    parse_key,
+    principal_from_authorization,
+)
 from h2guard.idempotency.store import IdempotencyStore, StoredResponse
 
 __all__ = ["IdempotencyMiddleware", "parse_key", "principal_from_authorization"]
@@ -50,53 +55,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-MAX_KEY_LENGTH = 255
-
-
-class _BadKey(ValueError):
-    pass
-
-
-def parse_key(raw: str) -> str:
-    """The key from a header value: an sf-string (``"..."``, as the draft writes it) or a bare
-    token (as Stripe's clients send it). Raises ValueError with the reason otherwise."""
-    text = raw.strip()
-    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        out: list[str] = []
-        chars = iter(text[1:-1])
-        for ch in chars:
-            if ch == "\\":
-                nxt = next(chars, "")
-                if nxt not in ('"', "\\"):
-                    raise _BadKey("a backslash in the key escapes only \" or \\")
-                out.append(nxt)
-            elif ch == '"':
-                raise _BadKey("an unescaped quote inside the key")
-            else:
-                out.append(ch)
-        key = "".join(out)
-    else:
-        if '"' in text:
-            raise _BadKey("a quote in a key that is not a quoted string")
-        key = text
-    if not key:
-        raise _BadKey("the key is empty")
-    if len(key) > MAX_KEY_LENGTH:
-        raise _BadKey(f"the key has {len(key)} characters; at most {MAX_KEY_LENGTH}")
-    if any(not 0x20 <= ord(ch) <= 0x7E for ch in key):
-        raise _BadKey("the key must be printable ASCII")
-    return key
-
-
-def principal_from_authorization(scope: Scope) -> str:
-    """The default principal: a digest of the Authorization header (never the credential
-    itself), or ``anonymous``."""
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"authorization":
-            return "auth:" + hashlib.sha256(bytes(value)).hexdigest()[:32]
-    return "anonymous"
-
 
 def _problem(status: int, title: str, detail: str,
              extra_headers: list[tuple[bytes, bytes]] | None = None) -> StoredResponse:
@@ -139,7 +97,7 @@ class IdempotencyMiddleware:
         events: EventLog | None = None,
     ) -> None:
         if store is None:
-            from h2guard.idempotency.sqlite import SQLiteStore
+            from h2guard.idempotency.stores.sqlite import SQLiteStore
 
             store = SQLiteStore()
         if ttl <= 0 or lock_ttl <= 0 or store_timeout <= 0:
@@ -274,21 +232,7 @@ class IdempotencyMiddleware:
                 return b"".join(chunks), False
 
     def _fingerprint(self, scope: Scope, body: bytes) -> str:
-        digest = hashlib.sha256()
-        digest.update(scope["method"].upper().encode())
-        digest.update(b"\x00")
-        digest.update(scope.get("raw_path") or scope.get("path", "").encode("utf-8"))
-        digest.update(b"?")
-        digest.update(scope.get("query_string", b""))
-        wanted = self.fingerprint_headers
-        if wanted:
-            seen = sorted((bytes(n).lower(), bytes(v)) for n, v in scope.get("headers", ())
-                          if bytes(n).lower() in wanted)
-            for name, value in seen:
-                digest.update(b"\x00" + name + b":" + value)
-        digest.update(b"\x00")
-        digest.update(hashlib.sha256(body).digest())
-        return digest.hexdigest()
+        return fingerprint(scope, body, headers=self.fingerprint_headers)
 
     async def _run(self, scope: Scope, body: bytes, receive: Receive, send: Send,
                    store_key: str, token: str) -> None:

@@ -9,9 +9,9 @@ record expires. Everything the middleware needs is two atomic operations:
   progress past its lock), else say who does and with which fingerprint / response;
 * :meth:`IdempotencyStore.complete`: store the response, only if our claim still holds.
 
-The stores: :class:`~h2guard.idempotency.sqlite.SQLiteStore` (embedded default, safe across the
-processes of one host), :class:`~h2guard.idempotency.redis.RedisStore` (a Lua script per atomic
-step, expiry by key TTL) and :class:`~h2guard.idempotency.postgres.PostgresStore` (one
+The stores (in :mod:`h2guard.idempotency.stores`): ``SQLiteStore`` (embedded default, safe across
+the processes of one host), ``RedisStore`` (a Lua script per atomic step, expiry by key TTL) and
+``PostgresStore`` (one
 ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` statement per claim). Each uses its own clock
 (SQLite: the host's; Redis: ``TIME``; PostgreSQL: ``clock_timestamp()``), so several machines
 sharing a store agree on expiry. ``tests/idempotency/test_store_conformance.py`` runs the same

@@ -35,7 +35,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from .store import Claim, StoredResponse, StoreError
+from h2guard.idempotency.store import Claim, StoredResponse, StoreError
 
 if TYPE_CHECKING:
     import psycopg

@@ -26,7 +26,7 @@ import math
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .store import Claim, StoredResponse, StoreError
+from h2guard.idempotency.store import Claim, StoredResponse, StoreError
 
 if TYPE_CHECKING:
     import redis.asyncio
