@@ -438,3 +438,24 @@ async def test_http_1_1_required_is_resent_over_http11(tmp_path: Path) -> None:
     assert [d["reason"] for d in downgrades] == ["RST_STREAM HTTP_1_1_REQUIRED"]
     assert effects == ["needs-http11"]  # reset before the app ran; run once, over HTTP/1.1
     assert (after.status_code, after.http_version) == (200, "HTTP/1.1")
+
+
+async def test_the_one_line_client_against_tight_nginx_loses_nothing(tight: Site) -> None:
+    """``h2guard.AsyncClient`` (RetryTransport over the transport, default policy and budget):
+    the line users copy must be as good as the bare transport against the real thing."""
+    url = tight.tls + "/orders"
+    client_holder: list[h2guard.AsyncClient] = []
+
+    def one_liner() -> httpx.AsyncClient:
+        client = h2guard.AsyncClient(verify=tight.tls_files.context(), timeout=REQUEST_TIMEOUT)
+        client_holder.append(client)
+        return client
+
+    print(f"\ntight nginx over tls, h2guard.AsyncClient: {TIGHT}")
+    run = await _measure("h2guard-client-tls", one_liner, url, _waves)
+    counts = client_holder[0].events.counts
+    print(f"  retries: {counts.get('retry.attempt', 0)}, "
+          f"budget exhausted: {counts.get('retry.budget_exhausted', 0)}")
+    _assert_clean(tight, run, 300)
+    assert run.versions == {"HTTP/2": 300}
+    assert counts.get("retry.budget_exhausted", 0) == 0
