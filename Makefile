@@ -1,7 +1,6 @@
 # make demo : set up .venv and run the chaos demo (no external server needed)
 # make test : set up .venv, install the real peers (curl, nghttp2-client, nginx-light, haproxy,
-#             redis-server, postgresql),
-#             then ruff, mypy (strict on src/) and pytest
+#             redis-server, postgresql), then ruff, mypy (strict on src/) and pytest
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
