@@ -40,7 +40,7 @@ from h2guard.chaos.model import (
 )
 from h2guard.codes import code_name
 from h2guard.events import EventLog
-from h2guard.wire.core import MAX_STREAM_ID, PREFACE, H2Core
+from h2guard.wire.core import MAX_STREAM_ID, PREFACE, H2Core, frame_header
 from h2guard.wire.events import (
     ConnectionFailed,
     DataReceived,
@@ -817,8 +817,7 @@ class _H2Protocol(asyncio.Protocol):
         total = 0
         frames = []
         while total <= window:
-            frames.append(struct.pack(">I", frame_max)[1:] + b"\x00\x00"
-                          + struct.pack(">I", st.sid) + payload)
+            frames.append(frame_header(frame_max, 0x0, 0, st.sid) + payload)
             total += frame_max
         core.write_raw(b"".join(frames))
         self.streams.pop(st.sid, None)

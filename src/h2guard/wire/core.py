@@ -60,7 +60,7 @@ from h2guard.wire.events import (
 )
 from h2guard.wire.hpack_codec import FastDecoder, FastEncoder
 
-__all__ = ["MAX_STREAM_ID", "PREFACE", "H2Core"]
+__all__ = ["MAX_STREAM_ID", "PREFACE", "H2Core", "frame_header", "goaway_frame"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_STREAM_ID = 2**31 - 1
@@ -234,13 +234,11 @@ class _Connection(h2.connection.H2Connection):
         first = block[:limit]
         flags = (0x4 if len(block) <= limit else 0) | (0x1 if end_stream else 0)
         out = self._data_to_send
-        out += struct.pack(">I", len(first))[1:] + bytes((0x1, flags)) + \
-            struct.pack(">I", stream_id) + first
+        out += frame_header(len(first), 0x1, flags, stream_id) + first
         for start in range(limit, len(block), limit):  # CONTINUATION frames
             chunk = block[start:start + limit]
             last = start + limit >= len(block)
-            out += struct.pack(">I", len(chunk))[1:] + bytes((0x9, 0x4 if last else 0)) + \
-                struct.pack(">I", stream_id) + chunk
+            out += frame_header(len(chunk), 0x9, 0x4 if last else 0, stream_id) + chunk
 
     def _send_rst(self, stream_id: int, code: Any) -> None:
         frame = hyperframe.frame.RstStreamFrame(stream_id)
@@ -833,7 +831,13 @@ def _headers(raw: Any) -> Headers:
     return raw if isinstance(raw, list) else list(raw)
 
 
+def frame_header(length: int, frame_type: int, flags: int, stream_id: int) -> bytes:
+    """The 9-byte frame header of RFC 9113 §4.1, for frames written by hand."""
+    return struct.pack(">I", length)[1:] + bytes((frame_type, flags)) + \
+        struct.pack(">I", stream_id & MAX_STREAM_ID)
+
+
 def goaway_frame(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
     """Serialise a GOAWAY frame by hand (for tests and deliberately odd peers)."""
     payload = struct.pack(">II", last_stream_id & MAX_STREAM_ID, code) + debug
-    return struct.pack(">I", len(payload))[1:] + bytes([_GOAWAY_TYPE, 0]) + b"\0\0\0\0" + payload
+    return frame_header(len(payload), _GOAWAY_TYPE, 0, 0) + payload
