@@ -253,8 +253,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             if tls and self._ssl is None:
                 self._ssl = _ssl_context(self._verify, self._cert)
             timeouts = request.extensions.get("timeout", {})
-            origin = f"{url.scheme}://{url.host}:{port}"
-            pool = OriginPool(origin, host=url.host, port=port,
+            pool = OriginPool(origin_of(url), host=url.host, port=port,
                               ssl_context=self._ssl if tls else None,
                               server_hostname=url.host if tls else None,
                               settings=PoolSettings(connect_timeout=timeouts.get("connect"),
@@ -293,6 +292,13 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             self._http1 = httpx.AsyncHTTPTransport(verify=verify, cert=self._cert,
                                                    http1=True, http2=False)
         return await self._http1.handle_async_request(request)
+
+
+def origin_of(url: httpx.URL) -> str:
+    """``scheme://host:port`` with the default port filled in: how events, metrics and the
+    retry budget name an origin."""
+    port = url.port or (443 if url.raw_scheme == b"https" else 80)
+    return f"{url.scheme}://{url.host}:{port}"
 
 
 def _response_timed_out(st: StreamState, seconds: float) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import httpx
 
+from h2guard.client.transport import AsyncHTTPTransport, origin_of
 from h2guard.errors import Failure, H2ReadTimeout, attach
 from h2guard.events import EventLog
 from h2guard.retry.classify import classify
@@ -54,11 +55,6 @@ class RetryInfo:
     reason: str  # the retry_on condition
     failure: Failure | None  # None when a response (status) is retried
     status: int | None
-
-
-def _origin(url: httpx.URL) -> str:
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return f"{url.scheme}://{url.host}:{port}"
 
 
 class _Body:
@@ -136,7 +132,7 @@ class _Attempts:
         self.policy = policy
         self.request = request
         self.method = request.method.upper()
-        self.origin = _origin(request.url)
+        self.origin = origin_of(request.url)
         header = policy.key_header
         if policy.idempotency_keys and self.method in policy.key_methods \
                 and header not in request.headers:
@@ -268,8 +264,7 @@ class _Attempts:
             why = f"the deadline of {seconds or 0:g} s would pass before a retry"
         elif why.startswith(_ONE_SHOT) and failure.processed == "no":
             kind = "body_not_replayable"
-        if self._original_timeouts:
-            self.request.extensions["timeout"] = self._original_timeouts
+        self._restore_timeouts()
         self.owner.events.emit("retry.gave_up", origin=self.origin, method=self.method,
                                attempts=self.attempt, kind=failure.kind, reason=why)
         detail = f"{failure.explain()} Not retried: {why}."
@@ -289,9 +284,13 @@ class _Attempts:
 
     def finish(self, response: httpx.Response) -> httpx.Response:
         response.extensions = {**response.extensions, "h2guard_attempts": self.attempt}
+        self._restore_timeouts()
+        return response
+
+    def _restore_timeouts(self) -> None:
+        """The caller's timeouts back on the request (attempts narrowed them)."""
         if self._original_timeouts:
             self.request.extensions["timeout"] = self._original_timeouts
-        return response
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -305,7 +304,7 @@ class RetryTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
     ``RetryTransport(httpx.HTTPTransport())`` for a sync client over HTTP/1.1. The inner
     transport's flavour decides which of ``handle_request`` / ``handle_async_request`` works.
     ``events`` receives ``retry.attempt`` / ``retry.gave_up`` / ``retry.budget_exhausted``
-    (see :class:`h2guard.metrics.RetryMetrics`); ``on_retry`` is called before each wait.
+    (counted by :class:`h2guard.metrics.ClientMetrics`); ``on_retry`` is called before each wait.
     ``seed`` makes the jitter reproducible.
     """
 
@@ -314,8 +313,6 @@ class RetryTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
                  on_retry: Callable[[RetryInfo], None] | None = None,
                  seed: int | None = None) -> None:
         if inner is None:
-            from h2guard.client.transport import AsyncHTTPTransport
-
             inner = AsyncHTTPTransport()
         self.inner = inner
         self.policy = policy if policy is not None else RetryPolicy()
