@@ -36,7 +36,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -55,6 +55,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_T = TypeVar("_T")
 
 def _problem(status: int, title: str, detail: str,
              extra_headers: list[tuple[bytes, bytes]] | None = None) -> StoredResponse:
@@ -176,21 +177,18 @@ class IdempotencyMiddleware:
                     f"requests with an {self.header_name} may carry at most "
                     f"{self.max_request_body} bytes here"))
             return
-        fingerprint = self._fingerprint(scope, body)
+        digest = fingerprint(scope, body, headers=self.fingerprint_headers)
         store_key = hashlib.sha256(
             f"{self.principal(scope)}\x1f{key}".encode()).hexdigest()
         token = secrets.token_hex(16)
         await self._maybe_cleanup()
-        started = time.perf_counter()
         try:
-            with anyio.fail_after(self.store_timeout):
-                claim = await self.store.claim(store_key, fingerprint, token=token,
-                                               lock_ttl=self.lock_ttl, ttl=self.ttl)
-        except Exception as exc:  # StoreError, a timeout, or a broken store: fail closed
-            await self._store_down(scope, body, receive, send, exc, started)
+            claim = await self._store_call("claim", lambda: self.store.claim(
+                store_key, digest, token=token, lock_ttl=self.lock_ttl, ttl=self.ttl))
+        except Exception:  # StoreError, a timeout, or a broken store: fail closed
+            await self._store_down(scope, body, receive, send)
             return
-        self._emit("idempotency.store", op="claim", seconds=time.perf_counter() - started)
-        if claim.fingerprint != fingerprint and claim.outcome != "claimed":
+        if claim.fingerprint != digest and claim.outcome != "claimed":
             self._emit("idempotency.mismatch", path=path)
             await _send_stored(send, _problem(
                 422, f"{self.header_name} reused with a different request",
@@ -230,9 +228,6 @@ class IdempotencyMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), False
-
-    def _fingerprint(self, scope: Scope, body: bytes) -> str:
-        return fingerprint(scope, body, headers=self.fingerprint_headers)
 
     async def _run(self, scope: Scope, body: bytes, receive: Receive, send: Send,
                    store_key: str, token: str) -> None:
@@ -280,16 +275,13 @@ class IdempotencyMiddleware:
 
     async def _complete(self, store_key: str, token: str, response: StoredResponse,
                         scope: Scope) -> None:
-        started = time.perf_counter()
         try:
-            with anyio.fail_after(self.store_timeout):
-                kept = await self.store.complete(store_key, token, response, ttl=self.ttl)
-        except Exception as exc:  # StoreError, a timeout, or a broken store: fail closed
+            kept = await self._store_call("complete", lambda: self.store.complete(
+                store_key, token, response, ttl=self.ttl))
+        except Exception:
             # the handler ran: the client still gets its response; a retry after lock_ttl
-            # would run it again, so this is loud
-            self._emit("idempotency.store_error", op="complete", error=_one_line(exc))
+            # would run it again, so the store_error event is loud
             return
-        self._emit("idempotency.store", op="complete", seconds=time.perf_counter() - started)
         if response.body_omitted:
             self._emit("idempotency.too_large", path=scope.get("path", ""))
         if not kept:
@@ -297,10 +289,22 @@ class IdempotencyMiddleware:
                        detail=f"the handler outlived lock_ttl={self.lock_ttl:g} s and the key "
                               "was claimed again")
 
-    async def _store_down(self, scope: Scope, body: bytes, receive: Receive, send: Send,
-                          exc: BaseException, started: float) -> None:
-        self._emit("idempotency.store_error", op="claim", error=_one_line(exc),
-                   seconds=time.perf_counter() - started)
+    async def _store_call(self, op: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """One store operation, bounded by ``store_timeout``; its latency (or its failure, which
+        is re-raised) becomes an event."""
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.store_timeout):
+                result = await call()
+        except Exception as exc:
+            self._emit("idempotency.store_error", op=op, error=_one_line(exc),
+                       seconds=time.perf_counter() - started)
+            raise
+        self._emit("idempotency.store", op=op, seconds=time.perf_counter() - started)
+        return result
+
+    async def _store_down(self, scope: Scope, body: bytes, receive: Receive,
+                          send: Send) -> None:
         if self.fail_open:
             self._emit("idempotency.unguarded", path=scope.get("path", ""))
             await self.app(scope, _replaying(body, receive), send)
@@ -316,10 +320,8 @@ class IdempotencyMiddleware:
             return
         self._next_cleanup = now + self.cleanup_interval
         try:
-            with anyio.fail_after(self.store_timeout):
-                purged = await self.store.purge_expired()
-        except Exception as exc:  # StoreError, a timeout, or a broken store: fail closed
-            self._emit("idempotency.store_error", op="purge", error=_one_line(exc))
+            purged = await self._store_call("purge", self.store.purge_expired)
+        except Exception:  # reported as a store_error event; cleanup waits for the next turn
             return
         if purged:
             self._emit("idempotency.purged", records=purged)
