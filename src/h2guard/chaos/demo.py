@@ -218,8 +218,9 @@ async def run_demo(*, console: Console | None = None, cases: list[DemoCase] | No
     started = time.monotonic()
     console.print("[bold]h2guard chaos demo[/]: production HTTP/2 failures, reproduced "
                   "against plain httpx" + (", then fixed with h2guard" if fix else "") + "\n")
+    cases = cases or default_cases()
     results: dict[str, dict[str, dict[str, int]]] = {}
-    for case in cases or default_cases():
+    for case in cases:
         figures = {"httpx": await _run_case(case, console)}
         if fix:
             figures["h2guard"] = await _run_case(case, console, "h2guard")
@@ -230,7 +231,7 @@ async def run_demo(*, console: Console | None = None, cases: list[DemoCase] | No
         table.add_column("plain httpx failed", justify="right")
         table.add_column("h2guard failed", justify="right")
         table.add_column("orders written twice (h2guard)", justify="right")
-        for case in cases or default_cases():
+        for case in cases:
             got = results[case.scenario.name]
             table.add_row(case.title, f"[red]{got['httpx']['failed']}[/]",
                           f"[green]{got['h2guard']['failed']}[/]",
