@@ -245,12 +245,14 @@ class _Unavailable(Exception):
     """The client cannot run here (not installed, not written yet)."""
 
 
-async def _drive(get: Get, n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
-    """``n`` GETs through ``concurrency`` workers; stops starting new ones after ``max_seconds``
-    or ``MAX_ERRORS`` failures."""
+async def drive(one: Callable[[int], Awaitable[str | None]], n: int, concurrency: int,
+                max_seconds: float) -> dict[str, Any]:
+    """Calls ``one(0)`` .. ``one(n - 1)`` from ``concurrency`` workers; ``one`` returns None for
+    a good result or a short reason why not (an exception counts as one too). Stops starting
+    new calls after ``max_seconds`` or ``MAX_ERRORS`` failures. Returns req/s and latency
+    percentiles of the good calls. Shared by the other benchmarks in this folder."""
     latencies: list[float] = []
     errors: list[str] = []
-    versions: dict[str, int] = {}
     issued = 0
     clock = time.perf_counter
     start = clock()
@@ -259,23 +261,21 @@ async def _drive(get: Get, n: int, concurrency: int, max_seconds: float) -> dict
     async def worker() -> None:
         nonlocal issued
         while issued < n and len(errors) < MAX_ERRORS:
-            issued += 1
             t0 = clock()
             if t0 > stop_at:
-                issued -= 1
                 return
+            i = issued
+            issued += 1
             try:
-                status, length, version = await get(PATH)
+                error = await one(i)
             except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}"[:300])
-                continue
-            if status != 200 or length != BODY_LEN:
-                errors.append(f"status {status}, {length} body bytes")
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            if error is not None:
+                errors.append(error)
                 continue
             latencies.append(clock() - t0)
-            versions[version] = versions.get(version, 0) + 1
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
     elapsed = clock() - start
     latencies.sort()
 
@@ -287,8 +287,23 @@ async def _drive(get: Get, n: int, concurrency: int, max_seconds: float) -> dict
     return {"requests": issued, "ok": len(latencies), "errors": len(errors),
             "first_errors": sorted(set(errors))[:3], "seconds": round(elapsed, 3),
             "req_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "http_versions": versions,
-            "truncated": issued < n}
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "truncated": issued < n}
+
+
+async def _drive(get: Get, n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
+    """``n`` GETs of ``PATH`` through ``drive``, counting the HTTP versions that served them."""
+    versions: dict[str, int] = {}
+
+    async def one(_i: int) -> str | None:
+        status, length, version = await get(PATH)
+        if status != 200 or length != BODY_LEN:
+            return f"status {status}, {length} body bytes"
+        versions[version] = versions.get(version, 0) + 1
+        return None
+
+    result = await drive(one, n, concurrency, max_seconds)
+    result["http_versions"] = versions
+    return result
 
 
 async def _worker(name: str, base: str, n: int, concurrency: int,
@@ -622,9 +637,13 @@ def _round_rate(client: dict[str, Any] | None, rnd: int) -> float | None:
     return None if "error" in r else cast(float, r["req_per_s"])
 
 
-def _versions(nginx: str | None) -> dict[str, str | None]:
+CLIENT_DISTS = ("httpx", "httpcore", "h2", "niquests", "urllib3-future", "jh2", "uvloop")
+
+
+def _versions(nginx: str | None, dists: tuple[str, ...] = CLIENT_DISTS) -> dict[str, str | None]:
+    """Installed versions of ``dists`` (None: not installed) and of ``nginx``, if given."""
     out: dict[str, str | None] = {}
-    for dist in ("httpx", "httpcore", "h2", "niquests", "urllib3-future", "jh2", "uvloop"):
+    for dist in dists:
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

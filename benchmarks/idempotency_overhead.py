@@ -71,11 +71,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import client_throughput as ct
+
 STORES = ("memory", "sqlite", "redis", "postgres")
 VARIANTS = ("none", *STORES)
 KINDS = ("first", "replay")
 PATH = "/orders"
-MAX_ERRORS = 200  # a run stops starting requests after this many failures
 STORE_SERVERS_DIR = Path(__file__).resolve().parent.parent / "tests" / "idempotency"
 
 Scope = MutableMapping[str, Any]
@@ -178,50 +180,19 @@ async def _call(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, bool, boo
 
 async def _drive(app: ASGIApp, requests: list[tuple[Scope, bytes]], concurrency: int,
                  max_seconds: float, expect_replay: bool) -> dict[str, Any]:
-    """Every request once through ``concurrency`` tasks; stops starting new ones after
-    ``max_seconds`` or ``MAX_ERRORS`` failures."""
-    n = len(requests)
-    latencies: list[float] = []
-    errors: list[str] = []
-    issued = 0
-    clock = time.perf_counter
-    start = clock()
-    stop_at = start + max_seconds
+    """Every request once, through client_throughput's driver (same stopping rules and
+    latency figures as the other benchmarks)."""
 
-    async def worker() -> None:
-        nonlocal issued
-        while issued < n and len(errors) < MAX_ERRORS:
-            t0 = clock()
-            if t0 > stop_at:
-                return
-            scope, body = requests[issued]
-            issued += 1
-            try:
-                status, replayed, complete = await _call(app, scope, body)
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}"[:300])
-                continue
-            if status != 201 or not complete:
-                errors.append(f"status {status}" + ("" if complete else ", incomplete"))
-                continue
-            if replayed != expect_replay:
-                errors.append("replayed" if replayed else "not replayed")
-                continue
-            latencies.append(clock() - t0)
+    async def one(i: int) -> str | None:
+        scope, body = requests[i]
+        status, replayed, complete = await _call(app, scope, body)
+        if status != 201 or not complete:
+            return f"status {status}" + ("" if complete else ", incomplete")
+        if replayed != expect_replay:
+            return "replayed" if replayed else "not replayed"
+        return None
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-    elapsed = clock() - start
-    latencies.sort()
-
-    def pct(q: float) -> float | None:
-        if not latencies:
-            return None
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 3)
-
-    return {"requests": issued, "ok": len(latencies), "errors": len(errors),
-            "first_errors": sorted(set(errors))[:3], "seconds": round(elapsed, 3),
-            "req_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "truncated": issued < n}
+    return await ct.drive(one, len(requests), concurrency, max_seconds)
 
 
 async def _run(app: ASGIApp, handler: OrdersApp, requests: list[tuple[Scope, bytes]],

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -208,18 +207,8 @@ def bench_target(target: ct.Target, args: argparse.Namespace,
 
 
 def _versions(nginx: str | None) -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for dist in ("httpx", "h2", "h2guard", "anyio", "uvloop"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    out["nginx"] = None
-    if nginx is not None:
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            v = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10).stderr
-            out["nginx"] = v.strip().rsplit("/", 1)[-1] or None
-    return out
+    return {"python": sys.version.split()[0],
+            **ct._versions(nginx, ("httpx", "h2", "h2guard", "anyio", "uvloop"))}
 
 
 def main() -> int:
