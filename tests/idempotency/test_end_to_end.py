@@ -9,7 +9,7 @@ naive retry (tenacity on httpx.TransportError, no key) over the same path writes
 
 from __future__ import annotations
 
-import asyncio
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,11 @@ import h2guard
 from h2guard.chaos import serve
 from h2guard.chaos.model import RstStream, Scenario, Trigger
 from h2guard.retry import set_testing
+
+# the shared load helper lives with the integration tests, imported (as pytest imports it) as
+# the package `integration`, from tests/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from integration.load import gather_bounded
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,18 +43,7 @@ def _scenario() -> Scenario:
 
 
 async def _drive(one: Any) -> list[Any]:
-    results: list[Any] = [None] * LOGICAL
-    pending = iter(range(LOGICAL))
-
-    async def worker() -> None:
-        for i in pending:
-            try:
-                results[i] = await one(i)
-            except httpx.TransportError as exc:
-                results[i] = exc
-
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return results
+    return await gather_bounded(LOGICAL, one, CONCURRENCY)
 
 
 def _effects(path: Path, prefix: str) -> Counter[str]:

@@ -28,6 +28,7 @@ from h2guard.chaos import serve
 from h2guard.chaos.model import RstStream, Scenario, Trigger
 from h2guard.events import EventLog
 from h2guard.retry import set_testing
+from integration.load import gather_bounded
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,19 +51,7 @@ def _refuse(probability: float) -> Scenario:
 
 
 async def _gather_bounded(n: int, one: Any, concurrency: int = CONCURRENCY) -> list[Any]:
-    """Run ``one(i)`` for i < n with ``concurrency`` workers; returns outcomes in order."""
-    results: list[Any] = [None] * n
-    pending = iter(range(n))
-
-    async def worker() -> None:
-        for i in pending:
-            try:
-                results[i] = await one(i)
-            except httpx.TransportError as exc:
-                results[i] = exc
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results
+    return await gather_bounded(n, one, concurrency)
 
 
 @pytest.fixture(autouse=True)
