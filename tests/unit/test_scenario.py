@@ -682,6 +682,7 @@ PLAUSIBLE: dict[str, st.SearchStrategy[object]] = {
     "lower_after": DURATION, "max_requests": st.integers(1, 10**6),
     "withhold_updates": DURATION, "error": st.booleans(), "overrun": st.booleans(),
     "duration": DURATION, "scope": st.sampled_from(["stream", "connection"]),
+    "process_above": st.booleans(),
 }
 REQUIRED_KEYS = {"after", "limit", "max_requests", "duration"}
 

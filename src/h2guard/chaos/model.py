@@ -29,6 +29,7 @@ __all__ = [
     "GoAway",
     "IdleAction",
     "IdleTimeout",
+    "Limits",
     "MaxAge",
     "MaxConcurrentStreams",
     "Moment",
@@ -89,6 +90,10 @@ class RstStream:
 class GoAway:
     """Send GOAWAY when a stream reaches ``at``.
 
+    ``process_above`` models a real server bug: the app still runs for streams above the
+    GOAWAY's last_stream_id (a Node.js http2 app calling ``session.goaway(0, stream.id)`` does
+    this), so a client that trusts the GOAWAY and resends those streams writes twice.
+
     ``graceful``: last_stream_id = the highest stream the server has processed (or will: every
     stream opened so far runs to completion). ``drain``: first GOAWAY with 2^31-1, then after
     ``drain_delay`` the real id (Envoy, nghttp2 graceful shutdown). ``abrupt``: last_stream_id
@@ -103,6 +108,7 @@ class GoAway:
     last_stream_id: int | None = None
     drain_delay: float = 1.0
     close_after: float | None = None
+    process_above: bool = False
     at: Moment = "request_headers"
     when: Trigger = field(default_factory=Trigger)
     name: str = ""
@@ -225,6 +231,41 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Self-protection: what one peer may cost the server before it is cut off.
+
+    On by default (a chaos server is still a server: a hostile or broken peer must not take it
+    down), and a scenario's ``[limits]`` table can change them, so a profile can also model a
+    middlebox's own abuse defences. These are real seconds, never scaled by ``time_scale``.
+    Past a limit the connection gets GOAWAY with ``code`` (ENHANCE_YOUR_CALM by default) and is
+    closed; each cut-off is a ``chaos.limit_exceeded`` event and a counter.
+
+    ``handshake_timeout``: seconds from accept to the client preface and its first SETTINGS
+    (slowloris). ``idle_timeout``: seconds a connection may stay silent with no stream open
+    (``None``: forever). ``max_resets_per_second``: RST_STREAM frames from the peer (Rapid
+    Reset, CVE-2023-44487). ``max_control_frames_per_second``: PING, SETTINGS, WINDOW_UPDATE,
+    PRIORITY, unknown frames and empty DATA without END_STREAM (CVE-2019-9512/9515/9518); a DATA
+    frame the server sends earns one more, so a client acknowledging every frame is never
+    counted as a flood. Both rates are token buckets of one second's worth. ``max_pending_output``:
+    bytes of answers (PING and SETTINGS acks, resets) queued for a peer that does not read.
+    ``max_header_list_size``: the largest request header block (decoded), advertised in
+    SETTINGS; ``None`` keeps ``[settings].max_header_list_size`` or the server's default.
+    ``max_stream_buffer``: bytes of body one stream may hold in the server (both directions)
+    while the other side is slower. ``enabled = false`` turns every limit off.
+    """
+
+    enabled: bool = True
+    handshake_timeout: float = 10.0
+    idle_timeout: float | None = 300.0
+    max_resets_per_second: int = 200
+    max_control_frames_per_second: int = 2000
+    max_pending_output: int = 1024 * 1024
+    max_header_list_size: int | None = None
+    max_stream_buffer: int = 256 * 1024
+    code: int = 0xB
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """A validated scenario: settings plus an ordered tuple of faults.
 
@@ -236,3 +277,4 @@ class Scenario:
     source: str = ""
     settings: ServerSettings = field(default_factory=ServerSettings)
     faults: tuple[Fault, ...] = ()
+    limits: Limits = field(default_factory=Limits)

@@ -16,6 +16,17 @@ A middlebox profile (``h2guard chaos --profile nginx``) is simply a scenario fil
     header_table_size = 4096        # 0 .. 2**32-1
     connection_window = 1048576     # 65535 .. 2**31-1
 
+    [limits]                        # -> Limits: self-protection, on by default (real seconds,
+    enabled = true                  #    never scaled); past a limit: GOAWAY(code), then close
+    handshake_timeout = "10s"       # accept -> client preface + first SETTINGS
+    idle_timeout = "5m"             # silence with no stream open; false: never
+    max_resets_per_second = 200     # RST_STREAM from the peer (Rapid Reset)
+    max_control_frames_per_second = 2000  # PING SETTINGS WINDOW_UPDATE PRIORITY empty DATA
+    max_pending_output = 1048576    # bytes of acks queued for a peer that does not read
+    max_header_list_size = 65536    # largest request header block (advertised)
+    max_stream_buffer = 262144      # bytes of body one stream may hold in the server
+    code = "ENHANCE_YOUR_CALM"
+
     [[faults]]
     kind = "rst_stream"             # see the kinds below
     code = "REFUSED_STREAM"         # a name (any case), a number, or "0x7"; unknown numbers allowed
@@ -40,6 +51,8 @@ A middlebox profile (``h2guard chaos --profile nginx``) is simply a scenario fil
     debug = "shutting down"         # UTF-8 text, at most 16376 bytes
     drain_delay = "5s"              # only with mode = "drain"
     close_after = "1s"              # FIN this long after the final GOAWAY
+    process_above = false           # true: still run the app for streams above last_stream_id
+                                    #   (a real server bug: Node.js session.goaway(0, id))
     # last_stream_id = 1            # only with mode = "abrupt"
     at = "request_headers"
     when = { every_nth_stream = 100 }
@@ -134,6 +147,7 @@ from h2guard.chaos.model import (
     GoAway,
     IdleAction,
     IdleTimeout,
+    Limits,
     MaxAge,
     MaxConcurrentStreams,
     Moment,
@@ -181,7 +195,7 @@ _TRIGGER_KEYS = ("probability", "every_nth_stream", "after_requests", "min_age",
                  "method", "headers", "max_fires")
 _RST_KEYS = ("kind", "code", "at", "after_bytes", "when", "name")
 _GOAWAY_KEYS = ("kind", "mode", "code", "debug", "last_stream_id", "drain_delay", "close_after",
-                "at", "when", "name")
+                "process_above", "at", "when", "name")
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "rst_stream": _RST_KEYS,
     "goaway": _GOAWAY_KEYS,
@@ -200,7 +214,10 @@ KINDS: tuple[str, ...] = tuple(_KIND_KEYS)
 """Every ``kind`` a fault table may name: the model's kinds plus the two shorthands."""
 
 _SINGLETON_KINDS = ("idle_timeout", "max_age", "max_concurrent_streams", "request_cap")
-_SCENARIO_KEYS = ("name", "description", "source", "settings", "faults")
+_SCENARIO_KEYS = ("name", "description", "source", "settings", "limits", "faults")
+_LIMIT_KEYS = ("enabled", "handshake_timeout", "idle_timeout", "max_resets_per_second",
+               "max_control_frames_per_second", "max_pending_output", "max_header_list_size",
+               "max_stream_buffer", "code")
 _SETTINGS_LIMITS: dict[str, tuple[int, int]] = {
     "max_concurrent_streams": (0, _MAX_STREAM_ID),
     "initial_window_size": (0, _MAX_WINDOW),
@@ -597,6 +614,40 @@ def _settings(value: object, path: str) -> ServerSettings:
     )
 
 
+def _limits(value: object, path: str) -> Limits:
+    f = _Fields(_table(value, path), path)
+    f.check_keys(_LIMIT_KEYS, "[limits]")
+    default = Limits()
+
+    def rate(v: object, p: str) -> int:
+        return _int(v, p, minimum=1, maximum=_MAX_COUNT)
+
+    def size(v: object, p: str) -> int:
+        return _int(v, p, minimum=1024, maximum=_MAX_SETTING)
+
+    def idle(v: object, p: str) -> float | None:
+        if v is False:
+            return None
+        return _duration(v, p, positive=True)
+
+    return Limits(
+        enabled=f.get("enabled", _bool, default.enabled),
+        handshake_timeout=f.get("handshake_timeout",
+                                lambda v, p: _duration(v, p, positive=True),
+                                default.handshake_timeout),
+        idle_timeout=f.get("idle_timeout", idle, default.idle_timeout),
+        max_resets_per_second=f.get("max_resets_per_second", rate,
+                                    default.max_resets_per_second),
+        max_control_frames_per_second=f.get("max_control_frames_per_second", rate,
+                                            default.max_control_frames_per_second),
+        max_pending_output=f.get("max_pending_output", size, default.max_pending_output),
+        max_header_list_size=f.opt("max_header_list_size",
+                                   lambda v, p: _int(v, p, minimum=0, maximum=_MAX_SETTING)),
+        max_stream_buffer=f.get("max_stream_buffer", size, default.max_stream_buffer),
+        code=f.get("code", _code, default.code),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # faults
 
@@ -694,10 +745,11 @@ def _goaway_from(f: _Fields, *, code: int) -> GoAway:
         raise _fail(f.at("drain_delay"),
                     f'drain_delay only applies with mode = "drain" (mode is "{mode}")')
     close_after = f.opt("close_after", _duration)
+    process_above = f.get("process_above", _bool, False)
     at, _, when, name = _stream_common(f, "request_headers")
     return GoAway(mode=mode, code=code, debug=debug, last_stream_id=last_stream_id,
-                  drain_delay=drain_delay, close_after=close_after, at=at, when=when,
-                  name=name)
+                  drain_delay=drain_delay, close_after=close_after,
+                  process_above=process_above, at=at, when=when, name=name)
 
 
 def _code_only_for_goaway(f: _Fields, action: IdleAction) -> int:
@@ -828,6 +880,7 @@ def _parse_scenario(data: object) -> Scenario:
     description = f.get("description", _label, "")
     source = f.get("source", lambda v, p: _text(v, p, one_line=False), "")
     settings = f.get("settings", _settings, ServerSettings())
+    limits = f.get("limits", _limits, Limits())
     faults_value = f.data.get("faults", [])
     if not isinstance(faults_value, list | tuple):
         raise _fail("faults", f"expected an array of tables ([[faults]]), got "
@@ -851,7 +904,7 @@ def _parse_scenario(data: object) -> Scenario:
                         f"{advertised} conflicts with the max_concurrent_streams fault's limit "
                         f"({fault.limit}) in {first_of['max_concurrent_streams']}; give one")
     return Scenario(name=name, description=description, source=source, settings=settings,
-                    faults=tuple(faults))
+                    faults=tuple(faults), limits=limits)
 
 
 def _loads(text: str, origin: str) -> Mapping[str, object]:
@@ -994,10 +1047,19 @@ def scenario_to_dict(scenario: Scenario) -> dict[str, object]:
     settings = {fld.name: getattr(scenario.settings, fld.name)
                 for fld in dataclasses.fields(scenario.settings)
                 if getattr(scenario.settings, fld.name) is not None}
+    limits: dict[str, object] = {}
+    for fld in dataclasses.fields(scenario.limits):
+        value = getattr(scenario.limits, fld.name)
+        if value is None:
+            value = False if fld.name == "idle_timeout" else None
+        if value is None:
+            continue
+        limits[fld.name] = _code_out(value) if fld.name == "code" else value
     return {
         "name": scenario.name,
         "description": scenario.description,
         "source": scenario.source,
         "settings": settings,
+        "limits": limits,
         "faults": [fault_to_dict(fault) for fault in scenario.faults],
     }

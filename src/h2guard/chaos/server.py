@@ -82,6 +82,7 @@ class ServerConfig:
     control_host: str = "127.0.0.1"
     control_port: int | None = None
     control_allow_remote: bool = False
+    control_token: str | None = None
     max_header_list_size: int = 65536
     validate_headers: bool = True
     honour_idempotency_keys: bool = False
