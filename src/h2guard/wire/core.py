@@ -19,8 +19,16 @@ It wraps ``h2.connection.H2Connection`` and fixes what h2 does not do:
   SETTINGS_MAX_CONCURRENT_STREAMS as a connection error; servers in the field (nginx, nghttpx)
   answer RST_STREAM REFUSED_STREAM, which the client may retry safely. The core enforces the
   limit itself, and can lower it mid-connection.
+* **Malformed messages are stream errors.** h2 raises a connection-wide ProtocolError for an
+  uppercase or connection-specific header field, a bad pseudo-header or a wrong
+  content-length; RFC 9113 §8.1.1 makes each a stream error. The header block has been decoded
+  by then (the HPACK tables stay in step), so the core resets that one stream with
+  PROTOCOL_ERROR and the connection goes on.
 * **Oversize headers** get GOAWAY PROTOCOL_ERROR, and the core never raises to its owner for
   anything the peer sends.
+* **Frames are counted** for self-protection: control frames (PING, SETTINGS, WINDOW_UPDATE,
+  PRIORITY, unknown types, empty DATA without END_STREAM) and RST_STREAM frames, so the owner
+  can cut off a flood (CVE-2019-9512/9515/9518, Rapid Reset CVE-2023-44487).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from h2guard.wire.events import (
     SettingsReceived,
     StreamEnded,
     StreamRefused,
+    StreamRejected,
     StreamReset,
     TrailersReceived,
     WindowUpdated,
@@ -69,6 +78,13 @@ _GOAWAY_TYPE = 0x7
 _PingFrame = hyperframe.frame.PingFrame
 _H2RequestReceived = h2.events.RequestReceived
 _GoAwayFrame = hyperframe.frame.GoAwayFrame
+_DataFrame = hyperframe.frame.DataFrame
+_RstStreamFrame = hyperframe.frame.RstStreamFrame
+_CONTROL_FRAMES = frozenset({
+    hyperframe.frame.PingFrame, hyperframe.frame.SettingsFrame,
+    hyperframe.frame.WindowUpdateFrame, hyperframe.frame.PriorityFrame,
+    hyperframe.frame.ExtensionFrame,
+})
 _REFUSED = 0x7
 _PROTOCOL_ERROR = 0x1
 _FRAME_SIZE_ERROR = 0x6
@@ -118,6 +134,19 @@ class _Stream(h2.stream.H2Stream):
 
     _validated: dict[tuple[object, ...], list[Any]] = {}
 
+    def receive_headers(self, headers: Any, end_stream: bool,
+                        header_encoding: Any) -> Any:
+        # h2 raises a plain ProtocolError for a malformed message (validation, content-length,
+        # trailers without END_STREAM) after its state machines moved on and the block was
+        # decoded; a state error is a StreamClosedError or an "Invalid input" ProtocolError.
+        try:
+            return super().receive_headers(headers, end_stream, header_encoding)
+        except h2.exceptions.ProtocolError as exc:
+            if type(exc) is h2.exceptions.ProtocolError and \
+                    not str(exc).startswith("Invalid input"):
+                raise _Malformed(self.stream_id, str(exc)) from exc
+            raise
+
     def _process_received_headers(self, headers: Any, header_validation_flags: Any,
                                   header_encoding: Any) -> list[Any]:
         if header_encoding is not None or not isinstance(headers, list):
@@ -143,6 +172,16 @@ class _Stream(h2.stream.H2Stream):
                 memo.clear()
             memo[key] = done
         return list(done)
+
+
+class _Malformed(h2.exceptions.ProtocolError):
+    """A malformed request or response on one stream (RFC 9113 §8.1.1): a stream error.
+
+    Still a ProtocolError to anyone driving the h2 connection directly."""
+
+    def __init__(self, stream_id: int, message: str) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
 
 
 class _Connection(h2.connection.H2Connection):
@@ -267,12 +306,14 @@ class H2Core:
         "auto_ack",
         "client",
         "closed",
+        "control_frames",
         "failure",
         "goaway_received",
         "goaway_sent",
         "last_frame_at",
         "last_nonping_at",
         "requests_seen",
+        "resets_received",
     )
 
     def __init__(
@@ -324,7 +365,8 @@ class H2Core:
         self.last_frame_at = 0.0
         self.last_nonping_at = 0.0
         self.requests_seen = 0
-
+        self.control_frames = 0
+        self.resets_received = 0
 
     # ------------------------------------------------------------------ output
 
@@ -353,6 +395,10 @@ class H2Core:
         data = self._conn.data_to_send()
         if data:
             self._out.append(data)
+
+    def pending_output(self) -> int:
+        """Bytes queued and not yet taken by :meth:`data_to_send`."""
+        return sum(map(len, self._out)) + len(self._conn._data_to_send)
 
     def write_raw(self, data: bytes) -> None:
         """Queue bytes that bypass h2 (a deliberately broken frame, for fault injection)."""
@@ -391,12 +437,23 @@ class H2Core:
             kind = type(frame)
             if kind is _PingFrame:
                 self.last_frame_at = now  # a PING may not count as activity (AWS ALB)
+                self.control_frames += 1
             else:
                 self.last_frame_at = self.last_nonping_at = now
-                if kind is _GoAwayFrame:
+                if kind is _DataFrame:
+                    if not frame.data and "END_STREAM" not in frame.flags:  # type: ignore[attr-defined]
+                        self.control_frames += 1
+                elif kind in _CONTROL_FRAMES:
+                    self.control_frames += 1
+                elif kind is _RstStreamFrame:
+                    self.resets_received += 1
+                elif kind is _GoAwayFrame:
                     self._flush()  # h2 clears its outbound buffer on GOAWAY: keep what it had
             try:
                 h2_events = handle(frame)
+            except _Malformed as exc:
+                self._reject(exc.stream_id, str(exc), events)
+                continue
             except Exception as exc:
                 self._terminate(self._code_for(exc), exc, events)
                 return events
@@ -412,6 +469,17 @@ class H2Core:
                     f"frame of {length} bytes, SETTINGS_MAX_FRAME_SIZE is "
                     f"{frames.max_frame_size}"), events)
         return events
+
+    def _reject(self, stream_id: int, message: str, events: list[Event]) -> None:
+        """A malformed message: RST_STREAM PROTOCOL_ERROR on that stream only."""
+        known = self._streams.pop(stream_id, None) is not None
+        self._forget_withheld(stream_id)
+        self._reset_quietly(stream_id, _PROTOCOL_ERROR)
+        if self.client:
+            if known:
+                events.append(StreamReset(stream_id, _PROTOCOL_ERROR, False))
+        else:
+            events.append(StreamRejected(stream_id, message))
 
     @staticmethod
     def _code_for(exc: Exception) -> int:
@@ -711,12 +779,13 @@ class H2Core:
         return known
 
     def goaway(self, *, code: int = 0, last_stream_id: int | None = None,
-               debug: bytes = b"") -> int:
+               debug: bytes = b"", keep_streams: bool = False) -> int:
         """Send GOAWAY; streams at or below ``last_stream_id`` may finish, later ones are refused.
 
         ``None`` means the highest stream the peer has opened (a graceful close). Sending
         2^31-1 first and the real id later is the two-step drain; the id only ever goes down.
-        Returns the id sent."""
+        ``keep_streams`` (server role) keeps serving the streams already open above the id, as a
+        buggy server does (a fault that models it). Returns the id sent."""
         if last_stream_id is None:
             last_stream_id = self._conn.highest_inbound_stream_id
         if self.goaway_sent is not None:
@@ -727,7 +796,7 @@ class H2Core:
                                         last_stream_id=last_stream_id)
         except h2.exceptions.ProtocolError:  # pragma: no cover
             pass
-        if not self.client:
+        if not self.client and not keep_streams:
             for sid in [s for s in self._streams if s > last_stream_id]:
                 del self._streams[sid]
                 self._forget_withheld(sid)

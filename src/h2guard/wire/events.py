@@ -23,6 +23,7 @@ __all__ = [
     "SettingsReceived",
     "StreamEnded",
     "StreamRefused",
+    "StreamRejected",
     "StreamReset",
     "TrailersReceived",
     "WindowUpdated",
@@ -96,6 +97,17 @@ class StreamRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamRejected:
+    """Server role: a malformed request (RFC 9113 §8.1.1: an uppercase or connection-specific
+    header, a bad pseudo-header, a wrong content-length) was answered with RST_STREAM
+    PROTOCOL_ERROR. It is a stream error: the connection and its other streams go on. The
+    client role reports a malformed response as :class:`StreamReset` with ``remote=False``."""
+
+    stream_id: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class GoAwayReceived:
     """The peer sent GOAWAY. Streams at or below ``last_stream_id`` may still complete;
     ``unprocessed`` lists the streams this side opened above it: the peer never processed them,
@@ -157,5 +169,5 @@ class ConnectionFailed:
 
 
 Event = (RequestReceived | ResponseReceived | TrailersReceived | DataReceived | StreamEnded
-         | StreamReset | StreamRefused | GoAwayReceived | SettingsReceived | SettingsAcked
-         | PingReceived | PingAcked | WindowUpdated | ConnectionFailed)
+         | StreamReset | StreamRefused | StreamRejected | GoAwayReceived | SettingsReceived
+         | SettingsAcked | PingReceived | PingAcked | WindowUpdated | ConnectionFailed)
