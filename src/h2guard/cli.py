@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from h2guard import __version__
 
@@ -30,8 +31,15 @@ _err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[red]error:[/] {message}", soft_wrap=True, highlight=False)
+    _err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
+
+
+def _check_port(flag: str, value: int | None) -> None:
+    """Ports are checked here rather than with typer's min/max, whose error is a boxed
+    multi-line usage panel; this one is one line, exit code 2 all the same."""
+    if value is not None and not 0 <= value <= 65535:
+        raise _fail(f"{flag} {value}: a port is 0..65535 (0 picks a free one)")
 
 
 @app.command()
@@ -42,10 +50,11 @@ def version() -> None:
 
 @chaos_app.command("serve")
 def chaos_serve(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one (read the URL line).")]
-    = 8443,
+    port: Annotated[int, typer.Option(
+        help="Port, 0..65535; 0 picks a free one (read it from the URL line).")] = 8443,
     h2c: Annotated[bool, typer.Option(
         "--h2c", help="Cleartext HTTP/2 with prior knowledge (HTTP/1.1 on the same port) "
                       "instead of TLS with ALPN.")] = False,
@@ -67,17 +76,28 @@ def chaos_serve(
         help="Reverse-proxy to this URL (http:// HTTP/1.1, https:// ALPN, h2c:// prior "
              "knowledge) with faults applied in front.")] = None,
     control_port: Annotated[int | None, typer.Option(
-        help="Serve the HTTP control API (faults, ledger, events, /metrics) on this port.")]
-    = None,
+        help="Serve the HTTP control API (faults, ledger, events, /metrics) on this port, "
+             "0..65535 (0 picks a free one). It only answers requests addressed to it "
+             "(Host, Origin) and POSTs with Content-Type: application/json, so a web page "
+             "cannot drive it.")] = None,
     control_host: Annotated[str, typer.Option(
         help="Address of the control API; a non-loopback one needs --allow-remote-control.")]
     = "127.0.0.1",
     allow_remote_control: Annotated[bool, typer.Option(
         "--allow-remote-control",
-        help="Let the control API listen beyond loopback (anyone who reaches it can change "
-             "faults).")] = False,
-    cert: Annotated[Path | None, typer.Option(help="Your TLS certificate (PEM).")] = None,
-    key: Annotated[Path | None, typer.Option(help="Your TLS private key (PEM).")] = None,
+        help="Let the control API listen beyond loopback: anyone who reaches it can change "
+             "faults and reset the ledger, so also set --control-token (without one a "
+             "warning is printed).")] = False,
+    control_token: Annotated[str | None, typer.Option(
+        envvar="H2GUARD_CONTROL_TOKEN", show_envvar=True, show_default=False,
+        help="Require 'Authorization: Bearer TOKEN' on every control API request but "
+             "GET /health (e.g. TOKEN=$(openssl rand -hex 16)). Prefer the environment "
+             "variable: a command line is visible to other local users.")] = None,
+    cert: Annotated[Path | None, typer.Option(
+        help="Your TLS certificate chain (PEM), instead of a generated CA; needs --key.")]
+    = None,
+    key: Annotated[Path | None, typer.Option(
+        help="The private key of --cert (PEM, not encrypted).")] = None,
     ca_dir: Annotated[Path | None, typer.Option(
         help="Write the generated CA to DIR/ca.pem (default: a temporary folder).")] = None,
     honour_idempotency_keys: Annotated[bool, typer.Option(
@@ -93,13 +113,32 @@ def chaos_serve(
 
     Endpoints: GET|POST /echo, GET /bytes/N, GET /delay/MS, GET /status/CODE, POST /orders
     (one side effect in the ledger), GET /ledger. Ctrl-C stops cleanly and prints a summary.
+
+    With --control-port, change faults while it runs: curl --json '{"kind": "rst_stream",
+    "code": "CANCEL"}' localhost:PORT/faults (older curl: -H 'content-type:
+    application/json' -d '...'). GET / on the control port lists its endpoints.
+
+    A start-up problem is one line on stderr, before any URL: exit code 2 for a bad option
+    or file, 1 for an address that cannot be bound.
     """
+    from h2guard.chaos.control import check_token
     from h2guard.chaos.run import RunOptions, run
     from h2guard.chaos.scenario import ScenarioError, resolve
     from h2guard.chaos.server import ServerConfig
 
+    _check_port("--port", port)
+    _check_port("--control-port", control_port)
     if (cert is None) != (key is None):
         raise _fail("--cert and --key go together")
+    if control_token is not None:
+        try:
+            check_token(control_token)
+        except ValueError as exc:
+            raise _fail(f"--control-token / H2GUARD_CONTROL_TOKEN: {exc}") from None
+        source = ctx.get_parameter_source("control_token")  # quiet when set in the env
+        if control_port is None and source is not None and source.name == "COMMANDLINE":
+            _err.print("[yellow]warning: --control-token does nothing without "
+                       "--control-port[/]", soft_wrap=True, highlight=False)
     if time_scale <= 0:
         raise _fail("--time-scale must be above 0")
     if h2c and cert is not None:
@@ -113,6 +152,7 @@ def chaos_serve(
                           keyfile=str(key) if key else None, upstream=upstream,
                           control_port=control_port, control_host=control_host,
                           control_allow_remote=allow_remote_control,
+                          control_token=control_token,
                           ca_dir=str(ca_dir) if ca_dir else None,
                           honour_idempotency_keys=honour_idempotency_keys)
     code = run(RunOptions(scenario=chosen, config=config, events_path=events, quiet=quiet,

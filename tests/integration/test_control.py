@@ -1,4 +1,8 @@
-"""The chaos control API, driven over loopback with httpx (and curl when it is installed)."""
+"""The chaos control API, driven over loopback with httpx (and curl when it is installed).
+
+Bodies the tests send raw (``content=``) carry ``JSON`` as their content type, as every client
+must: the API refuses other types (see the "access" section).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import httpx
 import pytest
 
 from h2guard.chaos import ChaosServer, ServerConfig, serve
-from h2guard.chaos.control import MAX_BODY, start_control
+from h2guard.chaos.control import MAX_BODY, ControlBindError, start_control
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,6 +43,7 @@ async def h2(server: ChaosServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 RST_INTERNAL = {"kind": "rst_stream", "code": "INTERNAL_ERROR", "name": "boom"}
+JSON = {"content-type": "application/json"}
 
 
 # ------------------------------------------------------------------------------ basics
@@ -183,18 +188,18 @@ async def test_fault_round_trips_through_the_api(control: httpx.AsyncClient) -> 
 
 
 async def test_malformed_json_is_400_with_the_parse_error(control: httpx.AsyncClient) -> None:
-    resp = await control.post("/faults", content=b'{"kind": "rst_stream",')
+    resp = await control.post("/faults", content=b'{"kind": "rst_stream",', headers=JSON)
     assert resp.status_code == 400
     assert resp.headers["content-type"] == "application/json"
     error = resp.json()["error"]
     assert error.startswith("malformed JSON: ")
     assert "line 1 column" in error
 
-    resp = await control.post("/faults", content=b"")
+    resp = await control.post("/faults", content=b"", headers=JSON)
     assert resp.status_code == 400
     assert "empty" in resp.json()["error"]
 
-    resp = await control.post("/faults", content=b"\xff\xfe{")
+    resp = await control.post("/faults", content=b"\xff\xfe{", headers=JSON)
     assert resp.status_code == 400
     assert "malformed JSON" in resp.json()["error"]
 
@@ -221,7 +226,7 @@ async def test_invalid_fault_is_400_with_the_scenario_error(control: httpx.Async
 
 
 async def test_body_over_one_mib_is_413(control: httpx.AsyncClient) -> None:
-    resp = await control.post("/faults", content=b" " * (MAX_BODY + 1))
+    resp = await control.post("/faults", content=b" " * (MAX_BODY + 1), headers=JSON)
     assert resp.status_code == 413
     assert "too large" in resp.json()["error"]
 
@@ -229,7 +234,7 @@ async def test_body_over_one_mib_is_413(control: httpx.AsyncClient) -> None:
         for _ in range(20):
             yield b" " * 65536
 
-    resp = await control.post("/faults", content=chunks())
+    resp = await control.post("/faults", content=chunks(), headers=JSON)
     assert resp.status_code == 413
     # the API still answers afterwards
     assert (await control.get("/health")).status_code == 200
@@ -347,7 +352,7 @@ async def test_keep_alive_serves_many_requests_on_one_connection(
     for path in ("/health", "/faults", "/stats", "/events", "/ledger", "/scenario", "/"):
         assert (await control.get(path)).status_code == 200
     await control.post("/faults", json=RST_INTERNAL)
-    await control.post("/faults", content=b"{")  # errors keep the connection too
+    await control.post("/faults", content=b"{", headers=JSON)  # errors keep it too
     await control.delete("/faults")
     assert server.control.accepted == 1
 
@@ -412,7 +417,8 @@ async def test_stop_closes_idle_keep_alive_connections(caplog: pytest.LogCapture
     srv = ChaosServer(config=ServerConfig(h2c=True, control_port=0))
     await srv.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.control.port)
-    writer.write(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+    writer.write(f"GET /health HTTP/1.1\r\nhost: 127.0.0.1:{srv.control.port}\r\n\r\n"
+                 .encode())
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 200 ")
@@ -469,3 +475,267 @@ async def test_localhost_is_loopback(server: ChaosServer) -> None:
         assert ctl.url.startswith("http://127.0.0.1:")
     finally:
         await ctl.close()
+
+
+# ------------------------------------------------------------------------------ access
+
+
+async def test_cross_origin_text_plain_post_adds_nothing(server: ChaosServer,
+                                                        control: httpx.AsyncClient) -> None:
+    """What a web page on evil.example can make a browser send (a CORS simple request, after
+    re-pointing evil.example at 127.0.0.1) is refused; a local JSON POST still works."""
+    port = server.control.port
+    body = json.dumps(RST_INTERNAL).encode()
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port}"):
+        resp = await control.post("/faults", content=body, headers={
+            "host": host, "origin": "http://evil.example", "content-type": "text/plain"})
+        assert 400 <= resp.status_code < 500, host
+        assert resp.json()["error"]
+    assert server.faults.items() == []
+    resp = await control.post("/faults", content=body, headers={
+        "host": f"127.0.0.1:{port}", "content-type": "application/json"})
+    assert resp.status_code == 201
+    assert len(server.faults.items()) == 1
+
+
+@pytest.mark.parametrize("host", [
+    "evil.example", "evil.example:{port}", "127.0.0.1", "localhost", "[::1]",
+    "127.0.0.1:{other}", "127.0.0.2:{port}", "127.0.0.1:{port}.evil.example",
+    "127.0.0.1:{port}:{port}", "::1:{port}", "127.0.0.1:+{port}", "",
+])
+async def test_a_host_that_is_not_this_api_is_403(server: ChaosServer,
+                                                  control: httpx.AsyncClient,
+                                                  host: str) -> None:
+    port = server.control.port
+    value = host.format(port=port, other=port + 1 if port < 65535 else port - 1)
+    resp = await control.post("/faults", json=RST_INTERNAL, headers={"host": value})
+    assert resp.status_code == 403, value
+    error = resp.json()["error"]
+    assert "Host" in error and f"127.0.0.1:{port}" in error
+    assert "\n" not in error
+    assert (await control.get("/faults", headers={"host": value})).status_code == 403
+    assert server.faults.items() == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}",
+                                  "LocalHost:{port}", "[0:0:0:0:0:0:0:1]:{port}",
+                                  "localhost.:{port}"])
+async def test_the_names_of_this_api_are_accepted(server: ChaosServer,
+                                                  control: httpx.AsyncClient,
+                                                  host: str) -> None:
+    value = host.format(port=server.control.port)
+    resp = await control.post("/faults", json=RST_INTERNAL, headers={"host": value})
+    assert resp.status_code == 201, value
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_http10_without_host_and_a_foreign_absolute_target_are_403(
+        server: ChaosServer) -> None:
+    port = server.control.port
+    data = await _raw(port, b"GET /faults HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 403 ")
+    assert b"exactly one Host header" in data
+    data = await _raw(port, f"GET http://evil.example/faults HTTP/1.1\r\nhost: 127.0.0.1:"
+                            f"{port}\r\nconnection: close\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 403 ")
+    assert b"names another host" in data
+    data = await _raw(port, f"GET http://127.0.0.1:{port}/health HTTP/1.1\r\nhost: 127.0.0.1:"
+                            f"{port}\r\nconnection: close\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("origin", [
+    "http://evil.example", "null", "https://127.0.0.1:{port}", "http://127.0.0.1:{other}",
+    "http://localhost", "http://127.0.0.1:{port}/x", "http://user@127.0.0.1:{port}", "",
+])
+async def test_a_foreign_origin_is_403(server: ChaosServer, control: httpx.AsyncClient,
+                                       origin: str) -> None:
+    port = server.control.port
+    value = origin.format(port=port, other=port + 1 if port < 65535 else port - 1)
+    resp = await control.post("/faults", json=RST_INTERNAL, headers={"origin": value})
+    assert resp.status_code == 403, value
+    error = resp.json()["error"]
+    assert "cross-origin" in error and f"http://127.0.0.1:{port}" in error
+    assert "access-control-allow-origin" not in resp.headers
+    assert (await control.delete("/ledger", headers={"origin": value})).status_code == 403
+    assert server.faults.items() == []
+
+
+async def test_a_cors_preflight_from_a_foreign_origin_is_refused(
+        server: ChaosServer, control: httpx.AsyncClient) -> None:
+    resp = await control.options("/faults", headers={
+        "origin": "http://evil.example", "access-control-request-method": "DELETE"})
+    assert resp.status_code == 403
+    assert not [h for h in resp.headers if h.startswith("access-control-")]
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:{port}", "http://localhost:{port}",
+                                    "HTTP://LOCALHOST:{port}", "http://[::1]:{port}"])
+async def test_the_own_origin_is_accepted(server: ChaosServer, control: httpx.AsyncClient,
+                                          origin: str) -> None:
+    value = origin.format(port=server.control.port)
+    resp = await control.post("/faults", json=RST_INTERNAL, headers={"origin": value})
+    assert resp.status_code == 201, value
+
+
+@pytest.mark.parametrize("content_type", [
+    None, "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", "application/jsonx", "text/json",
+])
+async def test_a_body_that_is_not_declared_json_is_415(server: ChaosServer,
+                                                       control: httpx.AsyncClient,
+                                                       content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type is not None else {}
+    resp = await control.post("/faults", content=json.dumps(RST_INTERNAL).encode(),
+                              headers=headers)
+    assert resp.status_code == 415, content_type
+    error = resp.json()["error"]
+    assert "Content-Type: application/json" in error
+    assert "\n" not in error
+    assert server.faults.items() == []
+
+
+async def test_every_post_and_any_body_need_the_json_type(server: ChaosServer,
+                                                          control: httpx.AsyncClient) -> None:
+    resp = await control.post("/faults")  # no body, no type: still a POST
+    assert resp.status_code == 415
+    assert "it has none" in resp.json()["error"]
+    resp = await control.request("DELETE", "/faults", content=b"x",
+                                 headers={"content-type": "text/plain"})
+    assert resp.status_code == 415
+    assert (await control.delete("/faults")).status_code == 200  # no body: no type needed
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON ; charset=UTF-8"])
+async def test_json_with_parameters_and_any_case_is_accepted(
+        control: httpx.AsyncClient, content_type: str) -> None:
+    resp = await control.post("/faults", content=json.dumps(RST_INTERNAL).encode(),
+                              headers={"content-type": content_type})
+    assert resp.status_code == 201, content_type
+
+
+# ------------------------------------------------------------------------------ token
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[ChaosServer]:
+    srv = ChaosServer(config=ServerConfig(h2c=True, control_port=0, control_token="s3cr.et"))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+async def test_token_missing_or_wrong_is_401_with_www_authenticate(
+        guarded: ChaosServer) -> None:
+    async with httpx.AsyncClient(base_url=guarded.control.url) as client:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Bearer"},
+                        {"authorization": "Bearer s3cr.e"}, {"authorization": "s3cr.et"},
+                        {"authorization": "Basic czNjci5ldA=="}):
+            for method, path in (("GET", "/faults"), ("POST", "/faults"), ("GET", "/"),
+                                 ("DELETE", "/ledger"), ("GET", "/nope")):
+                resp = await client.request(method, path, json=RST_INTERNAL
+                                            if method == "POST" else None, headers=headers)
+                assert resp.status_code == 401, (headers, method, path)
+                assert resp.headers["www-authenticate"].startswith("Bearer")
+                assert "token" in resp.json()["error"]
+        resp = await client.get("/faults")
+        assert "Authorization: Bearer <token>" in resp.json()["error"]
+        resp = await client.get("/faults", headers={"authorization": "Bearer wrong"})
+        assert resp.json()["error"] == "wrong token in 'Authorization: Bearer'"
+    assert guarded.faults.items() == []
+
+
+async def test_the_right_token_works(guarded: ChaosServer) -> None:
+    async with httpx.AsyncClient(base_url=guarded.control.url,
+                                 headers={"authorization": "Bearer s3cr.et"}) as client:
+        assert (await client.post("/faults", json=RST_INTERNAL)).status_code == 201
+        assert len((await client.get("/faults")).json()) == 1
+        resp = await client.get("/faults", headers={"authorization": "bearer s3cr.et"})
+        assert resp.status_code == 200  # the scheme is case-insensitive
+        # the token does not lift the other rules
+        resp = await client.post("/faults", json=RST_INTERNAL,
+                                 headers={"host": "evil.example"})
+        assert resp.status_code == 403
+        resp = await client.post("/faults", content=b"{}",
+                                 headers={"content-type": "text/plain"})
+        assert resp.status_code == 415
+
+
+async def test_health_needs_no_token_and_tells_nothing_without_it(
+        guarded: ChaosServer) -> None:
+    async with httpx.AsyncClient(base_url=guarded.control.url) as client:
+        resp = await client.get("/health")
+        assert resp.status_code == 200
+        assert resp.json() == {"ok": True}
+        assert (await client.head("/health")).status_code == 200
+        full = await client.get("/health", headers={"authorization": "Bearer s3cr.et"})
+        assert full.json()["url"] == guarded.url
+        assert (await client.get("/health", headers={"host": "evil.example"})).status_code \
+            == 403
+
+
+@pytest.mark.parametrize("token", ["", "has space", "new\nline", "caf\u00e9"])
+async def test_a_token_that_cannot_be_sent_is_refused(server: ChaosServer, token: str) -> None:
+    with pytest.raises(ValueError, match="control token"):
+        await start_control(server, port=0, token=token)
+
+
+# ------------------------------------------------------------------------------ warnings
+
+
+async def test_remote_without_a_token_warns(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="h2guard.chaos")
+    srv = ChaosServer(config=ServerConfig(h2c=True, control_host="0.0.0.0", control_port=0,
+                                          control_allow_remote=True))
+    await srv.start()
+    try:
+        assert srv.control.warning is not None
+        assert "no token" in srv.control.warning and "--control-token" in srv.control.warning
+        records = [r for r in caplog.records if r.name == "h2guard.chaos"]
+        assert [r.levelno for r in records] == [logging.WARNING]
+        assert records[0].getMessage() == srv.control.warning
+        events = [e for e in srv.events if e.name == "chaos.control_unprotected"]
+        assert len(events) == 1
+        assert events[0].data["port"] == srv.control.port
+        assert events[0].data["host"] == "0.0.0.0"
+    finally:
+        await srv.stop()
+
+
+async def test_no_warning_with_a_token_or_on_loopback(server: ChaosServer,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="h2guard.chaos")
+    assert server.control.warning is None
+    ctl = await start_control(server, host="0.0.0.0", port=0, allow_remote=True,
+                              token="t0ken")
+    try:
+        assert ctl.warning is None
+        async with httpx.AsyncClient() as client:
+            resp = await client.get(f"http://127.0.0.1:{ctl.port}/faults",
+                                    headers={"authorization": "Bearer t0ken"})
+            assert resp.status_code == 200
+    finally:
+        await ctl.close()
+    assert not [r for r in caplog.records if r.name == "h2guard.chaos"]
+    assert not [e for e in server.events if e.name == "chaos.control_unprotected"]
+
+
+async def test_a_busy_control_port_names_the_control_api(server: ChaosServer) -> None:
+    with pytest.raises(ControlBindError) as info:
+        await start_control(server, port=server.control.port)
+    assert isinstance(info.value, OSError)
+    assert str(info.value) == (f"cannot listen on 127.0.0.1:{server.control.port} for the "
+                               "control API: address already in use")

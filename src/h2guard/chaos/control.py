@@ -22,26 +22,57 @@ erase its ledger. It speaks HTTP/1.1 with keep-alive (asyncio streams + h11) and
 
 For example::
 
-    curl -s localhost:9901/faults -d '{"kind": "rst_stream", "code": "INTERNAL_ERROR",
-                                       "when": {"path": "/orders", "max_fires": 1}}'
-    curl -s 'localhost:9901/events?name=chaos.fault&since=0'
+    curl -s localhost:9901/faults -H 'content-type: application/json' \\
+         -d '{"kind": "rst_stream", "code": "INTERNAL_ERROR",
+              "when": {"path": "/orders", "max_fires": 1}}'
+    curl -s 'localhost:9901/events?since=0&name=chaos.fault'
+
+(curl 7.82 and later: ``curl --json '{...}' localhost:9901/faults`` sets the header itself.)
 
 A per-stream fault added here applies to the very next stream. A connection-level fault
 (``idle_timeout``, ``max_age``, ``max_concurrent_streams``, ``request_cap``) applies to
 connections opened afterwards, and the newest of each kind wins over the scenario's.
 
+Loopback is not a boundary for a browser: any web page the user opens can send requests to
+``127.0.0.1``. So every request must also pass these rules, in this order:
+
+* ``Host`` (and the authority of an absolute request target) must name this API, port
+  included: ``127.0.0.1:PORT``, ``localhost:PORT``, ``[::1]:PORT``, the bound address, the
+  address the connection arrived at, or (bound beyond loopback) this machine's host name;
+  case does not matter. Anything else is 403: that defeats DNS rebinding, where a page on
+  ``evil.example`` re-points its own name at 127.0.0.1 and talks to us "same-origin".
+* An ``Origin`` header, if present, must be this API's own origin (``http://`` + one of the
+  names above): else 403, so a cross-origin page cannot drive it. Clients that send no Origin
+  (curl, scripts, httpx) are fine.
+* With a token (``ServerConfig.control_token``, ``start_control(token=...)``), every request but
+  ``GET /health`` needs ``Authorization: Bearer <token>``: else 401 with
+  ``WWW-Authenticate: Bearer``. Without the token ``/health`` answers only ``{"ok": true}``.
+* POST, PUT, PATCH and any request with a body need ``Content-Type: application/json``
+  (parameters such as ``; charset=utf-8`` are fine): else 415. A browser sends a cross-origin
+  ``text/plain`` (or form) POST without asking first (a CORS "simple request"); JSON it does not.
+  (An unknown path or method, 404 or 405, is reported before this.)
+
+Bound beyond loopback (``allow_remote=True``) without a token, the API warns loudly: a
+``logging`` warning on ``h2guard.chaos`` and a ``chaos.control_unprotected`` event, and
+:attr:`ControlServer.warning` holds the text.
+
 Errors are ``{"error": "..."}`` with 400 (malformed JSON, an invalid fault: the
-:class:`~h2guard.chaos.scenario.ScenarioError` message, a bad query parameter), 404, 405 (with
-``Allow``) or 413 (request bodies are limited to 1 MiB).
+:class:`~h2guard.chaos.scenario.ScenarioError` message, a bad query parameter), 401, 403, 404,
+405 (with ``Allow``), 413 (request bodies are limited to 1 MiB) or 415.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import http
 import ipaddress
 import json
+import logging
+import os
+import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,7 +87,10 @@ if TYPE_CHECKING:
     from h2guard.chaos.server import ChaosServer
     from h2guard.metrics import ChaosMetrics
 
-__all__ = ["MAX_BODY", "ControlServer", "start_control"]
+__all__ = ["MAX_BODY", "ControlBindError", "ControlServer", "check_token", "describe_os_error",
+           "start_control"]
+
+log = logging.getLogger("h2guard.chaos")
 
 MAX_BODY = 1 << 20
 """Largest accepted request body (1 MiB)."""
@@ -69,6 +103,8 @@ _REQUEST_TIMEOUT = 30.0  # reading one request, or writing one response, may tak
 _LINGER_TIME = 2.0  # after a 413, read and drop what the client still sends, this long at most
 _LINGER_BYTES = 16 * MAX_BODY
 _JSON = "application/json"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what fits an Authorization header
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -84,6 +120,7 @@ class _Request:
     query: dict[str, list[str]]
     body: bytes
     param: str = ""
+    authorized: bool = True
 
 
 @dataclass(slots=True)
@@ -137,11 +174,47 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def describe_os_error(exc: OSError) -> str:
+    """The cause of ``exc`` in a few words ("address already in use").
+
+    asyncio wraps a bind error in a long sentence ("error while attempting to bind on address
+    ('127.0.0.1', 9901): ..."), so the errno is turned back into its plain text; a resolver
+    error (:class:`socket.gaierror`) has no such errno and keeps its own text.
+    """
+    if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
+        text = exc.strerror or str(exc) or type(exc).__name__
+    else:
+        text = os.strerror(exc.errno)
+    return text[:1].lower() + text[1:]
+
+
+class ControlBindError(OSError):
+    """The control API could not listen on ``host:port``.
+
+    An :class:`OSError` (callers that catch one still do) that says which listener failed, so
+    a busy control port is not reported as a busy chaos port.
+    """
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        self.host = host
+        self.port = port
+        self.reason = describe_os_error(cause)
+        super().__init__(cause.errno, self.reason)
+
+    def __str__(self) -> str:
+        return (f"cannot listen on {_authority(self.host, self.port)} for the control API: "
+                f"{self.reason}")
+
+
 async def start_control(server: ChaosServer, *, host: str = "127.0.0.1", port: int = 0,
-                        allow_remote: bool = False) -> ControlServer:
+                        allow_remote: bool = False, token: str | None = None) -> ControlServer:
     """Start the control API of ``server`` on ``host:port`` (``port=0`` picks a free port).
 
-    Raises :class:`ValueError` for a host that is not loopback unless ``allow_remote``.
+    ``token``, when set, is required as ``Authorization: Bearer <token>`` on every request but
+    ``GET /health``. Raises :class:`ValueError` for a host that is not loopback unless
+    ``allow_remote``, or for a token that cannot travel in a header, and
+    :class:`ControlBindError` when the address cannot be bound. Bound beyond loopback without a
+    token, it warns (see the module docstring): that is allowed, but rarely what one wants.
     """
     if not allow_remote and not _is_loopback(host):
         raise ValueError(
@@ -150,22 +223,53 @@ async def start_control(server: ChaosServer, *, host: str = "127.0.0.1", port: i
             "or pass allow_remote=True (CLI: --allow-remote-control)")
     if not 0 <= port <= 65535:
         raise ValueError(f"control port must be within 0..65535, got {port}")
+    check_token(token)
     bind = "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
-    control = ControlServer(server, bind)
+    control = ControlServer(server, bind, token=token)
     await control._start(port)
+    if token is None and not _is_loopback(bind):
+        control._warn_unprotected()
     return control
+
+
+def check_token(token: str | None) -> None:
+    """Raise :class:`ValueError` for a token a client could not send back.
+
+    It travels in an ``Authorization`` header, so it must be visible ASCII with no spaces; an
+    empty one would protect nothing while looking like it does.
+    """
+    if token is None:
+        return
+    if not token:
+        raise ValueError("the control token is empty: give a real one, or none at all")
+    if not _TOKEN_CHARS.fullmatch(token):
+        raise ValueError("the control token must be visible ASCII with no spaces (it is sent "
+                         "as 'Authorization: Bearer <token>')")
 
 
 class ControlServer:
     """A running control API (see the module docstring). ``close()`` stops it and closes every
-    keep-alive connection."""
+    keep-alive connection. ``token`` is the bearer token every request but ``GET /health``
+    must carry (None: no token is asked for)."""
 
-    def __init__(self, server: ChaosServer, host: str) -> None:
+    def __init__(self, server: ChaosServer, host: str, *, token: str | None = None) -> None:
+        check_token(token)
         self.chaos = server
         self.host = host
         self.port = 0
         self.accepted = 0
         """Connections accepted so far."""
+        self.warning: str | None = None
+        """Set when the API is open to the network without a token (see start_control)."""
+        self._token = token.encode("ascii") if token is not None else None
+        # the names a Host header may use (the port is checked apart): a browser sends the name
+        # the page used, so a rebound evil.example shows up here as exactly that
+        self._names = {"127.0.0.1", "localhost", "::1", _norm_host(host)}
+        if not _is_loopback(host):
+            self._names.add(_norm_host(socket.gethostname()))
+        self._names.discard("0.0.0.0")
+        self._names.discard("::")
+        self._names.discard("")
         self.metrics: ChaosMetrics | None = None
         self.metrics_error: str | None = None
         self._server: asyncio.Server | None = None
@@ -206,16 +310,27 @@ class ControlServer:
         try:
             self._server = await asyncio.start_server(self._connection, self.host, port,
                                                       limit=_READ_SIZE, reuse_address=True)
-        except BaseException:
+        except BaseException as exc:
             if self.metrics is not None:
                 self.metrics.detach()
+            if isinstance(exc, OSError):
+                raise ControlBindError(self.host, port, exc) from exc
             raise
         self.port = self._server.sockets[0].getsockname()[1]
 
+    def _warn_unprotected(self) -> None:
+        self.warning = (
+            f"the chaos control API listens on {_authority(self.host, self.port)}, beyond "
+            "loopback, with no token: anyone who can reach it can change the faults and reset "
+            "the ledger; set one (ServerConfig.control_token; CLI: --control-token or "
+            "H2GUARD_CONTROL_TOKEN)")
+        log.warning("%s", self.warning)
+        self.chaos.events.emit("chaos.control_unprotected", host=self.host, port=self.port,
+                               message=self.warning)
+
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{_authority(self.host, self.port)}"
 
     @property
     def connections(self) -> int:
@@ -264,8 +379,10 @@ class ControlServer:
         self._tasks[task] = writer.transport
         self.accepted += 1
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        sockname = writer.get_extra_info("sockname")
+        local = _norm_host(str(sockname[0])) if isinstance(sockname, tuple) else ""
         try:
-            await self._serve(conn, reader, writer)
+            await self._serve(conn, reader, writer, local)
         except (OSError, TimeoutError, h11.ProtocolError):
             pass  # the client went away, stalled or broke the protocol: just close
         except asyncio.CancelledError:
@@ -279,7 +396,7 @@ class ControlServer:
             writer.close()
 
     async def _serve(self, conn: h11.Connection, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+                     writer: asyncio.StreamWriter, local: str) -> None:
         while True:
             try:
                 event = await self._next_event(conn, reader, writer, _KEEPALIVE_TIMEOUT)
@@ -310,7 +427,8 @@ class ControlServer:
                     await self._send(conn, writer, reply, head=False, close=True)
                 return
             method = request.method.decode("ascii", errors="replace").upper()
-            reply = self._dispatch(method, request.target.decode("latin-1"), bytes(body))
+            reply = self._dispatch(method, request.target.decode("latin-1"), request.headers,
+                                   bytes(body), local)
             await self._send(conn, writer, reply, head=method == "HEAD", close=False)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
@@ -373,7 +491,11 @@ class ControlServer:
 
     # ---------------------------------------------------------------- routing
 
-    def _dispatch(self, method: str, target: str, body: bytes) -> _Reply:
+    def _dispatch(self, method: str, target: str, headers: Sequence[tuple[bytes, bytes]],
+                  body: bytes, local: str = "") -> _Reply:
+        denied = self._refuse_foreign(target, headers, local)
+        if denied is not None:
+            return denied
         url = urlsplit(target)
         path = unquote(url.path) or "/"
         if len(path) > 1:
@@ -381,6 +503,10 @@ class ControlServer:
         key, param = path, ""
         if path.startswith("/faults/"):
             key, param = "/faults/{id}", path[len("/faults/"):]
+        problem = self._token_problem(headers)
+        if problem is not None and not (key == "/health" and method in ("GET", "HEAD")):
+            return _error(401, problem, [("www-authenticate",
+                                          'Bearer realm="h2guard chaos control"')])
         methods = self._routes.get(key)
         if methods is None:
             return _error(404, f"no such endpoint: {path}; GET / lists them")
@@ -389,14 +515,74 @@ class ControlServer:
             allow = sorted({*methods, "HEAD"} if "GET" in methods else methods)
             return _error(405, f"method {method} not allowed on {path}; use "
                                f"{', '.join(allow)}", [("allow", ", ".join(allow))])
+        if method in _BODY_METHODS or body:
+            media = _media_type(headers)
+            if media != _JSON:
+                got = f"got {media!r}" if media else "it has none, or several"
+                return _error(415, f"{method} {path} needs Content-Type: application/json "
+                                   f"({got}); with curl: -H 'content-type: application/json'")
         request = _Request(method, path, parse_qs(url.query, keep_blank_values=True), body,
-                           param)
+                           param, authorized=problem is None)
         try:
             return entry[0](request)
         except _HTTPError as exc:
             return _error(exc.status, exc.message, exc.headers)
         except Exception as exc:  # a bug here must not take the connection (or server) down
             return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _refuse_foreign(self, target: str, headers: Sequence[tuple[bytes, bytes]],
+                        local: str) -> _Reply | None:
+        """403 unless Host (and an absolute target, and any Origin) name this very API.
+
+        A browser fills these in from the page's URL and a script cannot forge them, so they
+        tell a request from curl or a test apart from one a web page was made to send.
+        """
+        hosts = _values(headers, b"host")
+        if len(hosts) != 1:
+            return _error(403, "a request needs exactly one Host header naming this control "
+                               f"API ({self._expected()})")
+        if not self._is_us(_split_authority(hosts[0]), local):
+            return _error(403, f"Host {hosts[0]!r} is not this control API: use "
+                               f"{self._expected()} (other names are refused, against DNS "
+                               "rebinding)")
+        if not target.startswith("/") and target != "*":
+            netloc = urlsplit(target).netloc
+            if not self._is_us(_split_authority(netloc), local):
+                return _error(403, f"request target {target!r} names another host; send "
+                                   f"the path only, to {self._expected()}")
+        origins = _values(headers, b"origin")
+        if len(origins) > 1 or (origins and not self._is_us(_origin_authority(origins[0]),
+                                                             local)):
+            return _error(403, f"cross-origin request from Origin {origins[0]!r} refused: the "
+                               f"control API answers only its own origin "
+                               f"(http://{self._expected()}) and clients that send no Origin")
+        return None
+
+    def _is_us(self, authority: tuple[str, int] | None, local: str) -> bool:
+        if authority is None:
+            return False
+        name, port = authority
+        return port == self.port and (name in self._names or name == local)
+
+    def _expected(self) -> str:
+        """The address to suggest in an error (a wildcard bind answers on 127.0.0.1 too)."""
+        wildcard = self.host in ("0.0.0.0", "::", "")
+        return _authority("127.0.0.1" if wildcard else self.host, self.port)
+
+    def _token_problem(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+        """None when the request may go on; else why it may not (for the 401)."""
+        if self._token is None:
+            return None
+        values = _values(headers, b"authorization")
+        if not values:
+            return ("this control API needs a token: send 'Authorization: Bearer <token>' "
+                    "(the server's --control-token / H2GUARD_CONTROL_TOKEN)")
+        scheme, _, credential = values[-1].strip().partition(" ")
+        if len(values) > 1 or scheme.lower() != "bearer":
+            return "send the token as exactly one 'Authorization: Bearer <token>' header"
+        if not hmac.compare_digest(credential.strip().encode("latin-1"), self._token):
+            return "wrong token in 'Authorization: Bearer'"
+        return None
 
     # ---------------------------------------------------------------- endpoints
 
@@ -408,6 +594,8 @@ class ControlServer:
                                  "control": self.url, "endpoints": endpoints})
 
     def _health(self, req: _Request) -> _Reply:
+        if not req.authorized:  # a liveness probe needs no token, and learns no more
+            return _json_reply(200, {"ok": True})
         return _json_reply(200, {"ok": True, "url": self.chaos.url,
                                  "scenario": self.chaos.scenario.name})
 
@@ -492,6 +680,66 @@ class ControlServer:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _norm_host(host: str) -> str:
+    """A host name or address as a Host header would have it, made comparable: lower case, no
+    brackets or trailing dot, an IP address in its one canonical spelling."""
+    host = host.strip().strip("[]").lower()
+    if host.endswith(".") and not host.endswith(".."):
+        host = host[:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)  # an IPv4 client of a dual-stack "::" listener
+    return str(address)
+
+
+def _split_authority(value: str) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port``) -> (normalised host, port); None without a valid port."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or value[end + 1:end + 2] != ":":
+            return None
+        host, digits = value[1:end], value[end + 2:]
+    else:
+        host, sep, digits = value.rpartition(":")
+        if not sep or ":" in host:  # no port, or an IPv6 address without brackets
+            return None
+    if not host or not (digits.isascii() and digits.isdigit()) or len(digits) > 5:
+        return None
+    port = int(digits)
+    return (_norm_host(host), port) if port <= 65535 else None
+
+
+def _origin_authority(origin: str) -> tuple[str, int] | None:
+    """``http://host[:port]`` -> (host, port); None for any other scheme, ``null`` or junk."""
+    scheme, sep, rest = origin.strip().partition("://")
+    if not sep or scheme.lower() != "http" or not rest or any(c in rest for c in "/?#@"):
+        return None
+    if ":" not in rest.rpartition("]")[2]:
+        rest += ":80"
+    return _split_authority(rest)
+
+
+def _values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in headers if key == name]
+
+
+def _media_type(headers: Sequence[tuple[bytes, bytes]]) -> str:
+    """The media type of the single Content-Type header, lower case, without parameters
+    (``""`` when there is none, or more than one)."""
+    values = _values(headers, b"content-type")
+    if len(values) != 1:
+        return ""
+    return values[0].partition(";")[0].strip().lower()
 
 
 def _content_length(request: h11.Request) -> int | None:

@@ -117,7 +117,8 @@ class ChaosServer:
             try:
                 self.control = await start_control(self, host=cfg.control_host,
                                                    port=cfg.control_port,
-                                                   allow_remote=cfg.control_allow_remote)
+                                                   allow_remote=cfg.control_allow_remote,
+                                                   token=cfg.control_token)
             except BaseException:  # e.g. a non-loopback host or a busy port: do not leak
                 await self.stop()
                 raise
