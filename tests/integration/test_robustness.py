@@ -329,6 +329,7 @@ FATAL = {
     "PING of 7 bytes": (frame(PING, 0, 0, b"1234567"), FRAME_SIZE_ERROR),
     "PING on stream 1": (frame(PING, 0, 1, b"12345678"), PROTOCOL_ERROR),
     "GOAWAY on stream 1": (frame(GOAWAY, 0, 1, b"\0" * 8), PROTOCOL_ERROR),
+    # RFC 9113 section 5.3.1 says stream error; h2 closes the connection (documented)
     "PRIORITY depending on itself": (frame(PRIORITY, 0, 1, struct.pack(">IB", 1, 16)),
                                      PROTOCOL_ERROR),
     "padding longer than the frame": (frame(HEADERS, END_HEADERS | PADDED, 1,

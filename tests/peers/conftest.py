@@ -31,17 +31,22 @@ PACKAGES = {
 
 
 _MISSING: dict[str, str] = {}
+_MISSING_MODULES: dict[str, str] = {}
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say it at the end of the run too: skipped peer tests are easy to miss."""
-    if not _MISSING:
+    if not _MISSING and not _MISSING_MODULES:
         return
     terminalreporter.section("peer programs missing", sep="!", red=True, bold=True)
     for program, package in sorted(_MISSING.items()):
         terminalreporter.write_line(
             f"`{program}` not found: its peer tests were SKIPPED. Install the Debian package "
             f"`{package}`; `make test` installs it.", red=True, bold=True)
+    for module, package in sorted(_MISSING_MODULES.items()):
+        terminalreporter.write_line(
+            f"Python module `{module}` not importable: its peer tests were SKIPPED. "
+            f"`pip install {package}`; `make test` installs it.", red=True, bold=True)
 
 
 def need(program: str) -> str:
@@ -54,6 +59,22 @@ def need(program: str) -> str:
                     f"run. Install the Debian package `{package}` (apt-get install {package}); "
                     f"`make test` installs it.")
     return path
+
+
+def need_module(module: str, package: str) -> None:
+    """Skip the test loudly when the Python library a real peer lives in is not installed.
+
+    Some peers are libraries, not programs (grpcio's C core is a real HTTP/2 stack): the same
+    loud skip and end-of-run summary as :func:`need`, naming the pip package instead."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        _MISSING_MODULES[module] = package
+        pytest.skip(f"PEER LIBRARY MISSING: `import {module}` failed ({exc}), so this test did "
+                    f"not run. `pip install {package}` (it is in the dev extra); `make test` "
+                    f"installs it.")
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,7 @@ class PeerKit:
     """The helpers above, as a fixture (test modules never import conftest)."""
 
     need = staticmethod(need)
+    need_module = staticmethod(need_module)
     run = staticmethod(run)
     settle = staticmethod(settle)
     fault_events = staticmethod(fault_events)

@@ -246,13 +246,14 @@ class H2Adapter(asyncio.Protocol):
         self.timer_at = None
         if self.closed:
             return
-        if not self.started:  # still sniffing: a peer that never said a word
+        if not self.started:  # still sniffing: too quiet to tell HTTP/1.1 from HTTP/2
             if self.sniffing and self.transport is not None:
-                self.ex.ctx.emit("chaos.limit_exceeded", connection=self.cid,
-                                 limit="handshake_timeout", code="ENHANCE_YOUR_CALM",
-                                 value=self.ex.ctx.limits.handshake_timeout, peer=self.ex.peer)
-                self.ex.ctx.count_fault("limit_exceeded", "handshake_timeout")
-                self._close("fin")
+                self.sniffing = False
+                self.started = True
+                now = self.loop.time()
+                self.ex.start(now)
+                self.ex.handshake_expired(now)
+                self.flush()
             return
         self.ex.handle_timer(self.loop.time())
         self.flush()

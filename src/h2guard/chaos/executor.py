@@ -587,6 +587,8 @@ class Executor:
                               stream=ev.stream_id, code="PROTOCOL_ERROR", message=ev.message)
             elif kind is SettingsReceived:
                 self.handshaken = True
+                if 0x4 in ev.changed:  # a new initial window applies to open streams too
+                    self._on_window(0)
             elif kind is GoAwayReceived:
                 self.ctx.emit("chaos.goaway_received", connection=self.cid,
                               code=code_name(ev.error_code), last_stream_id=ev.last_stream_id)
@@ -1368,10 +1370,15 @@ class Executor:
                       code=code_name(code), peer=self.peer)
         self.ctx.count_fault("limit_exceeded", limit)
 
+    def handshake_expired(self, now: float) -> None:
+        """The handshake deadline passed (the adapter calls this for a cleartext peer still
+        too quiet to tell HTTP/1.1 from HTTP/2): GOAWAY and close unless it is done."""
+        self.now = now
+        self._handshake_expired()
+
     def _handshake_expired(self) -> None:
-        if not self.handshaken:
-            guard = self._guard
-            assert guard is not None
+        guard = self._guard
+        if not self.handshaken and guard is not None:
             self._cut_off("handshake_timeout", guard.handshake_timeout)
 
     def _guard_idle(self) -> None:

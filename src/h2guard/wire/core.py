@@ -79,6 +79,8 @@ _PingFrame = hyperframe.frame.PingFrame
 _H2RequestReceived = h2.events.RequestReceived
 _GoAwayFrame = hyperframe.frame.GoAwayFrame
 _DataFrame = hyperframe.frame.DataFrame
+_SettingsFrame = hyperframe.frame.SettingsFrame
+_WindowUpdateFrame = hyperframe.frame.WindowUpdateFrame
 _RstStreamFrame = hyperframe.frame.RstStreamFrame
 _CONTROL_FRAMES = frozenset({
     hyperframe.frame.PingFrame, hyperframe.frame.SettingsFrame,
@@ -140,12 +142,16 @@ class _Stream(h2.stream.H2Stream):
         # trailers without END_STREAM) after its state machines moved on and the block was
         # decoded; a state error is a StreamClosedError or an "Invalid input" ProtocolError.
         try:
-            return super().receive_headers(headers, end_stream, header_encoding)
+            out = super().receive_headers(headers, end_stream, header_encoding)
         except h2.exceptions.ProtocolError as exc:
             if type(exc) is h2.exceptions.ProtocolError and \
                     not str(exc).startswith("Invalid input"):
                 raise _Malformed(self.stream_id, str(exc)) from exc
             raise
+        if end_stream and self._expected_content_length:  # h2 checks only DATA against it
+            raise _Malformed(self.stream_id, f"content-length {self._expected_content_length} "
+                                             "but the message ended with its headers")
+        return out
 
     def _process_received_headers(self, headers: Any, header_validation_flags: Any,
                                   header_encoding: Any) -> list[Any]:
@@ -294,6 +300,7 @@ class H2Core:
     """
 
     __slots__ = (
+        "_awaiting_settings",
         "_conn",
         "_initial_window_target",
         "_out",
@@ -367,6 +374,7 @@ class H2Core:
         self.requests_seen = 0
         self.control_frames = 0
         self.resets_received = 0
+        self._awaiting_settings = not client  # RFC 9113 §3.4: the preface's SETTINGS first
 
     # ------------------------------------------------------------------ output
 
@@ -435,6 +443,13 @@ class H2Core:
                 self._terminate(self._code_for(exc), exc, events)
                 return events
             kind = type(frame)
+            if self._awaiting_settings:
+                self._awaiting_settings = False
+                if kind is not _SettingsFrame:
+                    self._terminate(_PROTOCOL_ERROR, h2.exceptions.ProtocolError(
+                        "the client preface must be followed by a SETTINGS frame, got "
+                        f"{kind.__name__}"), events)
+                    return events
             if kind is _PingFrame:
                 self.last_frame_at = now  # a PING may not count as activity (AWS ALB)
                 self.control_frames += 1
@@ -455,6 +470,8 @@ class H2Core:
                 self._reject(exc.stream_id, str(exc), events)
                 continue
             except Exception as exc:
+                if self._stream_error(frame, exc, events):
+                    continue
                 self._terminate(self._code_for(exc), exc, events)
                 return events
             if h2_events:
@@ -469,6 +486,25 @@ class H2Core:
                     f"frame of {length} bytes, SETTINGS_MAX_FRAME_SIZE is "
                     f"{frames.max_frame_size}"), events)
         return events
+
+    def _stream_error(self, frame: Any, exc: Exception, events: list[Event]) -> bool:
+        """The errors h2 raises as connection errors that RFC 9113 makes stream errors on a
+        stream that exists: a content-length the DATA does not match (§8.1.1) or a
+        WINDOW_UPDATE of 0 (§6.9, when h2 rather than hyperframe sees it). Nothing here
+        touches HPACK, so the connection state stays consistent. (A PRIORITY that depends on
+        its own stream stays a connection error: h2 has closed its state machine by then.)"""
+        sid = frame.stream_id
+        if not sid:
+            return False
+        kind = type(frame)
+        if kind is _DataFrame and isinstance(exc, h2.exceptions.InvalidBodyLengthError):
+            self._ack(sid, frame.flow_controlled_length)  # the connection window goes on
+        elif kind is _WindowUpdateFrame and frame.window_increment == 0:
+            pass
+        else:
+            return False
+        self._reject(sid, f"{type(exc).__name__}: {exc}", events)
+        return True
 
     def _reject(self, stream_id: int, message: str, events: list[Event]) -> None:
         """A malformed message: RST_STREAM PROTOCOL_ERROR on that stream only."""
