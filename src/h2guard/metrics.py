@@ -14,6 +14,8 @@ gauges on it, and a table of event-name handlers fed by :meth:`EventMetrics.atta
     h2guard_chaos_connections_total           ``chaos.connection.opened`` events
     h2guard_chaos_open_connections            opened minus closed, by connection id
     h2guard_chaos_client_resets_total{code}   RST_STREAM received from clients
+    h2guard_chaos_limits_exceeded_total{limit}   connections cut off by a self-protection limit
+    h2guard_chaos_malformed_requests_total    malformed requests (RST_STREAM PROTOCOL_ERROR)
     h2guard_chaos_ledger_effects_total        the ledger's effect count, read when scraped
     h2guard_chaos_ledger_duplicate_keys       idempotency keys with more than one effect
 
@@ -174,6 +176,13 @@ class ChaosMetrics(EventMetrics):
         self.client_resets = self.counter(
             "h2guard_chaos_client_resets", "RST_STREAM frames received from clients, by code.",
             ("code",))
+        self.limits = self.counter(
+            "h2guard_chaos_limits_exceeded",
+            "Connections the chaos server cut off for exceeding a self-protection limit "
+            "(Rapid Reset, floods, slow handshakes, ...), by limit.", ("limit",))
+        self.malformed = self.counter(
+            "h2guard_chaos_malformed_requests",
+            "Malformed requests answered with RST_STREAM PROTOCOL_ERROR (a stream error).")
         if ledger_effects is not None:
             self.gauge("h2guard_chaos_ledger_effects_total",
                        "Side effects recorded in the ledger (POST /orders) since its last reset.",
@@ -186,6 +195,8 @@ class ChaosMetrics(EventMetrics):
         self.on("chaos.connection.opened", self._on_opened)
         self.on("chaos.connection.closed", self._on_closed)
         self.on("chaos.stream.reset_by_client", self._on_client_reset)
+        self.on("chaos.limit_exceeded", self._on_limit)
+        self.on("chaos.stream.malformed", lambda _event: self.malformed.inc())
         if events is not None:
             self.attach(events, replay=replay)
 
@@ -203,6 +214,9 @@ class ChaosMetrics(EventMetrics):
         # keyed by connection id: a "closed" without an "opened" (a socket that never spoke)
         # cannot drive the gauge below zero
         self._open.discard(event.data.get("connection"))
+
+    def _on_limit(self, event: Event) -> None:
+        self.limits.labels(limit=str(event.data.get("limit", ""))).inc()
 
     def _on_client_reset(self, event: Event) -> None:
         code = event.data.get("code")

@@ -22,7 +22,7 @@ import pytest
 
 from h2guard.chaos import ChaosServer, ServerConfig, serve
 from h2guard.chaos.model import RstStream, Scenario, Trigger
-from h2guard.chaos.proxy import Upstream
+from h2guard.chaos.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -75,7 +75,7 @@ import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
@@ -83,9 +83,26 @@ import h11
 from h2guard.chaos.scenario import ScenarioError, fault_to_dict, parse_fault, scenario_to_dict
 
 if TYPE_CHECKING:
-    from h2guard.chaos.model import Fault
-    from h2guard.chaos.server import ChaosServer
+    from h2guard.chaos.faults import FaultSet
+    from h2guard.chaos.ledger import Ledger
+    from h2guard.chaos.model import Fault, Scenario
+    from h2guard.events import EventLog
     from h2guard.metrics import ChaosMetrics
+
+
+class ControlledServer(Protocol):
+    """What the control API reads and changes of a chaos server (passed in, so this module
+    never imports the server)."""
+
+    events: EventLog
+    faults: FaultSet
+    ledger: Ledger
+    scenario: Scenario
+
+    @property
+    def url(self) -> str: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 __all__ = ["MAX_BODY", "ControlBindError", "ControlServer", "check_token", "describe_os_error",
            "start_control"]
@@ -206,7 +223,7 @@ class ControlBindError(OSError):
                 f"{self.reason}")
 
 
-async def start_control(server: ChaosServer, *, host: str = "127.0.0.1", port: int = 0,
+async def start_control(server: ControlledServer, *, host: str = "127.0.0.1", port: int = 0,
                         allow_remote: bool = False, token: str | None = None) -> ControlServer:
     """Start the control API of ``server`` on ``host:port`` (``port=0`` picks a free port).
 
@@ -252,7 +269,7 @@ class ControlServer:
     keep-alive connection. ``token`` is the bearer token every request but ``GET /health``
     must carry (None: no token is asked for)."""
 
-    def __init__(self, server: ChaosServer, host: str, *, token: str | None = None) -> None:
+    def __init__(self, server: ControlledServer, host: str, *, token: str | None = None) -> None:
         check_token(token)
         self.chaos = server
         self.host = host

@@ -16,12 +16,12 @@ import itertools
 import ssl
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from h2guard.chaos.adapter import H2Adapter, SessionLike
 from h2guard.chaos.app import App
+from h2guard.chaos.config import ServerConfig
 from h2guard.chaos.executor import MAX_REQUEST_BODY, ExecutorContext
 from h2guard.chaos.faults import FaultSet
 from h2guard.chaos.h1 import H1Protocol
@@ -30,29 +30,6 @@ from h2guard.chaos.model import Scenario
 from h2guard.events import EventLog
 
 __all__ = ["MAX_REQUEST_BODY", "ChaosServer", "ServerConfig"]
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    """How a chaos server listens. ``port=0`` picks a free port."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    h2c: bool = False
-    time_scale: float = 1.0
-    seed: int | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    upstream: str | None = None
-    control_host: str = "127.0.0.1"
-    control_port: int | None = None
-    control_allow_remote: bool = False
-    control_token: str | None = None
-    max_header_list_size: int = 65536
-    validate_headers: bool = True
-    honour_idempotency_keys: bool = False
-    ca_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ChaosServer:

@@ -76,7 +76,7 @@ from h2guard.wire.events import (
 )
 
 if TYPE_CHECKING:
-    from h2guard.chaos.server import ServerConfig
+    from h2guard.chaos.config import ServerConfig
 
 __all__ = [
     "DEFAULT_MAX_STREAM_BUFFER",
