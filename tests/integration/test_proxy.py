@@ -292,20 +292,20 @@ async def test_valid_urls_and_base_paths() -> None:
         try:
             assert upstream._target("/orders?x=1") == target
         finally:
-            await upstream.close()
+            await upstream.aclose()
 
 
 async def test_server_config_extra_reaches_the_upstream() -> None:
     config = ServerConfig(h2c=False, upstream="h2c://127.0.0.1:1",
                           extra={"upstream_read_timeout": 2, "upstream_connect_timeout": 0.5,
-                                 "upstream_max_response_body": 10})
+                                 "upstream_max_stream_buffer": 65536})
     upstream = Upstream.from_config(config)
     try:
         assert (upstream.read_timeout, upstream.connect_timeout) == (2.0, 0.5)
-        assert upstream.max_response_body == 10
+        assert upstream.max_stream_buffer == 65536
         assert upstream.forwarded_proto == "https"
     finally:
-        await upstream.close()
+        await upstream.aclose()
     with pytest.raises(ValueError, match="upstream_read_timeout"):
         Upstream.from_config(ServerConfig(upstream="http://x", extra={
             "upstream_read_timeout": "soon"}))

@@ -85,7 +85,25 @@ def _run(conn: h2.connection.H2Connection, setup: str, frames: list[bytes]) -> l
         "full-then-more"])
 def test_same_frames_sent_and_events_reported_as_h2(setup: str, frames: list[bytes]) -> None:
     plain, ours = _pair()
-    assert _run(ours, setup, frames) == _run(plain, setup, frames)
+    expected = _run(plain, setup, frames)
+    if setup == "reset":
+        # the one deliberate difference: frames on a stream we reset were in flight, and RFC
+        # 9113 section 5.1 says ignore them; h2 answers RST_STREAM STREAM_CLOSED
+        expected = [_without_rst(item, 1) if isinstance(item, bytes) else item
+                    for item in expected]
+    assert _run(ours, setup, frames) == expected
+
+
+def _without_rst(data: bytes, stream_id: int) -> bytes:
+    out, pos = b"", 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        frame = data[pos:pos + 9 + length]
+        sid = int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
+        if not (frame[3] == 0x3 and sid == stream_id):
+            out += frame
+        pos += 9 + length
+    return out
 
 
 # ---------------------------------------------------------------------------- request HEADERS

@@ -80,6 +80,9 @@ _OUTPUT_BUDGET = 256 * 1024
 """Bytes of body queued per data_to_send() before the streams wait for the next call."""
 _NO_ERROR, _PROTOCOL_ERROR, _INTERNAL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 _REFUSED_STREAM, _CANCEL = 0x7, 0x8
+_MAX_OVERRUN_WINDOW = 4 * 1024 * 1024
+"""An overrun fault sends the client's whole window and more: above this, RST_STREAM
+FLOW_CONTROL_ERROR instead (the output stays bounded)."""
 
 # stream steps
 _WAIT_END, _REQ_END, _APP, _APP_WAIT, _AFTER_APP, _HEADERS, _RESP_HEADERS, _BODY, _DONE = range(9)
@@ -173,6 +176,12 @@ class ExecutorContext:
     validate_headers: bool = True
 
 
+def _credit(sent: int) -> int:
+    """Control frames a client may send for ``sent`` bytes of DATA: a WINDOW_UPDATE for the
+    stream and one for the connection per frame (16 KiB, the smallest frame size)."""
+    return 2 * (-(-sent // 16384)) + 2
+
+
 class _Timer:
     __slots__ = ("args", "cancelled", "fn", "when")
 
@@ -225,6 +234,7 @@ class _Stream:
         "forwarded",
         "header_faults",
         "headers",
+        "headers_done",
         "info",
         "method",
         "mpos",
@@ -266,6 +276,7 @@ class _Stream:
         self.timer: _Timer | None = None
         self.window_blocked = False
         self.end_after_headers = False
+        self.headers_done = False  # the request-headers moment has passed (no delay pending)
         # proxy mode
         self.forwarded = False
         self.forward_ended = False
@@ -294,7 +305,9 @@ class Executor:
         self.last_sent = 0.0
         self.requests = 0
         self.write_paused = False
-        self.blocked: set[_Stream] = set()
+        # streams waiting for window or socket room, oldest turn first (a dict keeps order)
+        self.blocked: dict[_Stream, None] = {}
+        self._turn_end: int | None = None  # inside _pump: where this stream's turn ends
         self.closing = False
         self.blackholed = False
         self.final_goaway = False
@@ -405,10 +418,13 @@ class Executor:
         """Run every timer that is due."""
         self.now = now
         timers = self._timers
+        core = self.core
         while timers and timers[0][0] <= now:
             _, _, timer = heapq.heappop(timers)
             if timer.cancelled or self.closing:
                 continue
+            if core is not None and core.pending_output():
+                self.last_sent = now  # an earlier timer of this batch answered something
             timer.cancelled = True
             timer.fn(*timer.args)
 
@@ -447,6 +463,8 @@ class Executor:
         st.proxied = deque()
         st.upstream_done = end_stream
         st.body_len = 0 if end_stream else -1
+        if st.step in (_REQ_END, _APP) and st.timer is not None:
+            return  # a request-end delay holds END_STREAM: the response goes on after it
         if st.step < _AFTER_APP:
             st.step = _AFTER_APP
             st.mpos = 0
@@ -621,6 +639,8 @@ class Executor:
 
     def _on_end(self, st: _Stream) -> None:
         st.ended = True
+        if not st.headers_done:
+            return  # a request-headers delay is pending: its end moves the stream on
         if st.step == _WAIT_END:
             st.step = _REQ_END
             self._advance(st)
@@ -680,6 +700,7 @@ class Executor:
 
     def _headers_passed(self, st: _Stream) -> None:
         """The request-headers moment is over: forward (proxy) and move on."""
+        st.headers_done = True
         if self.ctx.proxy and not st.forwarded:
             self._forward(st)
         if st.ended and st.step == _WAIT_END:
@@ -718,13 +739,24 @@ class Executor:
         """Give the streams waiting for window or socket room another turn."""
         core = self.core
         assert core is not None
-        for st in list(self.blocked):
-            if st.window_blocked or self.write_paused:
-                continue
-            if core.pending_output() >= _OUTPUT_BUDGET:
-                break
-            self.blocked.discard(st)
-            self._advance(st)
+        progressed = True
+        while progressed:
+            progressed = False
+            for st in list(self.blocked):
+                if st.window_blocked or self.write_paused:
+                    continue
+                pending = core.pending_output()
+                if pending >= _OUTPUT_BUDGET:
+                    return
+                # one chunk per turn: a stream that still has more goes to the back of the
+                # line, so concurrent bodies share the connection instead of one taking it all
+                self.blocked.pop(st, None)
+                self._turn_end = pending + _MAX_CHUNK
+                try:
+                    self._advance(st)
+                finally:
+                    self._turn_end = None
+                progressed = progressed or core.pending_output() > pending
 
     # ------------------------------------------------------------------ stream steps
 
@@ -742,10 +774,14 @@ class Executor:
                 st.step = _APP
             elif step == _APP:
                 if ctx.proxy:
-                    st.step = _APP_WAIT
                     if not st.forward_ended:
                         st.forward_ended = True
                         self._actions.append(ForwardData(st.sid, b"", True))
+                    if st.resp_headers is not None:  # it answered during a request_end delay
+                        st.step = _AFTER_APP
+                        st.mpos = 0
+                        continue
+                    st.step = _APP_WAIT
                     return
                 req = Request(st.method, st.path, st.headers,
                               b"".join(st.body) if len(st.body) != 1 else st.body[0],
@@ -767,7 +803,7 @@ class Executor:
                 st.step = _HEADERS
             elif step == _HEADERS:
                 if self.write_paused:  # no new response into a full socket
-                    self.blocked.add(st)
+                    self._park(st)
                     return
                 self._send_headers(st)
                 if st.dead:
@@ -879,7 +915,7 @@ class Executor:
                 and len(body) <= _MAX_CHUNK):
             # The common case: a small body that fits the window goes out in one call.
             sent = core.send_data(st.sid, body, end_stream=True)
-            self._data_frames += sent // 16384 + 1
+            self._data_frames += _credit(sent)
             if sent == len(body):
                 return True
             st.sent = sent  # the window was short (or the stream died): the loop sorts it out
@@ -906,22 +942,29 @@ class Executor:
                 self._kill(st)
                 return False
             st.sent += sent
-            self._data_frames += sent // 16384 + 1
+            self._data_frames += _credit(sent)
             st.delay_ready = False
             if last and sent == size:
                 return True
+
+    def _park(self, st: _Stream) -> None:
+        """Wait for window or socket room, at the back of the line."""
+        self.blocked.pop(st, None)
+        self.blocked[st] = None
 
     def _room(self, st: _Stream) -> int:
         """How much of the body may go now: 0 parks the stream until window or socket room."""
         core = self.core
         assert core is not None
-        if self.write_paused or core.pending_output() >= _OUTPUT_BUDGET:
-            self.blocked.add(st)
+        pending = core.pending_output()
+        if self.write_paused or pending >= _OUTPUT_BUDGET or (
+                self._turn_end is not None and pending >= self._turn_end):
+            self._park(st)
             return 0
         window = core.window(st.sid)
         if window <= 0:
             st.window_blocked = True
-            self.blocked.add(st)
+            self._park(st)
             return 0
         size = min(window, _MAX_CHUNK)
         nxt = self._next_threshold(st)
@@ -966,7 +1009,7 @@ class Executor:
                     return False
                 consumed += sent
                 st.sent += sent
-                self._data_frames += sent // 16384 + 1
+                self._data_frames += _credit(sent)
                 st.delay_ready = False
                 if sent == len(chunk):
                     queue.popleft()
@@ -1200,6 +1243,12 @@ class Executor:
             # HEADERS (no content-length) so the window is all the client can object to
             core.send_headers(st.sid, [(b":status", b"200")])
         window = core.window(st.sid)
+        if window > _MAX_OVERRUN_WINDOW:
+            # overrunning a huge window would mean queueing all of it: say it with a reset
+            core.reset_stream(st.sid, _FLOW_CONTROL_ERROR)
+            self.streams.pop(st.sid, None)
+            self._kill(st)
+            return
         frame_max = 16384
         payload = b"\0" * frame_max
         total = 0
@@ -1226,7 +1275,7 @@ class Executor:
         if st.timer is not None:
             st.timer.cancel()
             st.timer = None
-        self.blocked.discard(st)
+        self.blocked.pop(st, None)
 
     def _fail_stream(self, st: _Stream, status: int, message: str) -> None:
         core = self.core

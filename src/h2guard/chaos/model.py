@@ -183,7 +183,8 @@ class FlowControl:
 
     ``withhold_updates``: do not send WINDOW_UPDATE for received request data for this many
     seconds (the client's upload stalls). ``error``: answer with RST_STREAM FLOW_CONTROL_ERROR at
-    ``at``; ``overrun`` instead sends a DATA frame beyond the client's window, so the *client*
+    ``at``; ``overrun`` instead sends a DATA frame beyond the client's window (a window above
+    4 MiB gets RST_STREAM FLOW_CONTROL_ERROR instead: the output stays bounded), so the *client*
     detects the violation. Small initial windows are :class:`ServerSettings`.
     """
 

@@ -744,7 +744,10 @@ class UpstreamExchange:
         if task is not None:
             self._task = None
             session._h1.discard(self)
-            if not task.done():
+            # Once the response started, the task is left to notice _dead and close the
+            # response itself: cancelling it inside httpx's read or close leaks the pooled
+            # connection (measured: 100 such cancels exhausted a 100-connection pool).
+            if not task.done() and not self._started:
                 task.cancel()
 
     # ---------------------------------------------------------------- shared internals

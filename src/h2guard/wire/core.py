@@ -88,6 +88,7 @@ _CONTROL_FRAMES = frozenset({
     hyperframe.frame.ExtensionFrame,
 })
 _REFUSED = 0x7
+_RESETS_REMEMBERED = 1024
 _PROTOCOL_ERROR = 0x1
 _FRAME_SIZE_ERROR = 0x6
 _COMPRESSION_ERROR = 0x9
@@ -201,6 +202,10 @@ class _Connection(h2.connection.H2Connection):
     _SWEEP = 32
     _h2guard_new = 0
 
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config=config)
+        self._h2guard_reset: dict[int, None] = {}
+
     def _sweep_due(self) -> bool:
         self._h2guard_new += 1
         if self._h2guard_new >= self._SWEEP:
@@ -234,7 +239,9 @@ class _Connection(h2.connection.H2Connection):
         except h2.exceptions.StreamClosedError as exc:
             if not self._stream_is_closed_by_reset(exc.stream_id):
                 raise
-            self._send_rst(exc.stream_id, exc.error_code)
+            if exc.stream_id not in self._h2guard_reset:
+                self._send_rst(exc.stream_id, exc.error_code)
+            # else RFC 9113 §5.1: frames the peer sent before it saw our RST_STREAM are ignored
             return list(exc._events)
         except h2.exceptions.StreamIDTooLowError as exc:
             if self._stream_is_closed_by_reset(exc.stream_id):
@@ -284,6 +291,22 @@ class _Connection(h2.connection.H2Connection):
             chunk = block[start:start + limit]
             last = start + limit >= len(block)
             out += frame_header(len(chunk), 0x9, 0x4 if last else 0, stream_id) + chunk
+
+    def _handle_data_on_closed_stream(self, events: Any, exc: Any, frame: Any) -> Any:
+        # h2 credits the connection window (keep that) and answers RST_STREAM STREAM_CLOSED;
+        # after a reset of ours the DATA was in flight, and RFC 9113 §5.1 says ignore it.
+        frames, out = super()._handle_data_on_closed_stream(events, exc, frame)
+        if exc.stream_id in self._h2guard_reset:
+            frames = [f for f in frames if not isinstance(f, hyperframe.frame.RstStreamFrame)]
+        return frames, out
+
+    def reset_stream(self, stream_id: int, error_code: Any = 0) -> None:
+        # remember which streams this side reset on purpose (bounded, like h2's own record)
+        super().reset_stream(stream_id, error_code)
+        done = self._h2guard_reset
+        done[stream_id] = None
+        if len(done) > _RESETS_REMEMBERED:
+            del done[next(iter(done))]
 
     def _send_rst(self, stream_id: int, code: Any) -> None:
         frame = hyperframe.frame.RstStreamFrame(stream_id)
