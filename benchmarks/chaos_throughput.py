@@ -2,9 +2,11 @@
 
 Both servers run as subprocesses on this machine, with the same event loop (uvloop when
 installed), the same h2 configuration and the same response (``GET /bytes/16``); h2load drives
-each in alternating rounds so that machine noise hits both alike. Prints one JSON object:
+each in alternating rounds so that machine noise hits both alike. The chaos server runs twice:
+with its default self-protection limits (the headline: how users run it) and with
+``[limits] enabled = false``, so the cost of the limits is a figure too. Prints one JSON object:
 req/s per round, the medians and the ratio chaos / bare (the median of per-round ratios)
-(target >= 0.9; above 1.0 is the stretch). Never asserts on time: it reports.
+(target >= 1.0 with the limits on). Never asserts on time: it reports.
 
     python benchmarks/chaos_throughput.py [--requests 50000] [--clients 1] [--streams 50]
 """
@@ -19,6 +21,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,10 +76,13 @@ def main() -> int:
         env_note["loop"] = "uvloop"
     except ImportError:
         env_note["loop"] = "asyncio"
+    no_limits = Path(tempfile.mkdtemp(prefix="h2guard-bench-")) / "no-limits.toml"
+    no_limits.write_text('name = "no-limits"\n[limits]\nenabled = false\n')
+    chaos = [py, "-m", "h2guard", "chaos", "serve", "--h2c", "--port", "0", "--quiet"]
     servers = {
         "bare_h2_loop": [py, str(HERE / "bare_h2_server.py"), "0"],
-        "chaos_serve": [py, "-m", "h2guard", "chaos", "serve", "--h2c", "--port", "0",
-                        "--quiet"],
+        "chaos_serve": chaos,
+        "chaos_serve_limits_off": [*chaos, "--scenario", str(no_limits)],
     }
     procs = {}
     try:
@@ -104,6 +110,10 @@ def main() -> int:
     per_round = [c["req_per_s"] / b["req_per_s"]
                  for b, c in zip(rounds["bare_h2_loop"], rounds["chaos_serve"], strict=True)]
     ratio = statistics.median(per_round)
+    limits_cost = statistics.median(
+        on["req_per_s"] / off["req_per_s"]
+        for on, off in zip(rounds["chaos_serve"], rounds["chaos_serve_limits_off"],
+                           strict=True))
     print(json.dumps({
         "benchmark": "chaos_throughput",
         "load": {"tool": "h2load", "requests": args.requests, "clients": args.clients,
@@ -116,8 +126,9 @@ def main() -> int:
         "ratio_per_round": [round(r, 3) for r in per_round],
         "ratio_of_medians": round(medians["chaos_serve"] / medians["bare_h2_loop"], 3),
         "ratio_chaos_vs_bare": round(ratio, 3),
-        "target_ratio": 0.9,
-        "meets_target": ratio >= 0.9,
+        "ratio_limits_on_vs_off": round(limits_cost, 3),
+        "target_ratio": 1.0,
+        "meets_target": ratio >= 1.0,
     }, indent=2))
     return 0
 

@@ -14,9 +14,9 @@ What each error must look like on the wire:
   and the connection stays usable: a ``GET /bytes/10`` on a new stream gets its 200 and body.
 
 Where the RFC allows two codes (or either kind of error), both are accepted and the test says
-why. The few cases the h2/hyperframe libraries decide against the RFC before our core sees the
-frame are marked ``xfail(strict=True)`` with what happens instead (a library upgrade that
-fixes one turns it into a failure to notice). Every wait is bounded by
+why. Every case passes: where h2 or hyperframe decide a frame against the RFC before the core
+sees it (a SETTINGS ACK with a payload, the reserved bit of a window increment, PRIORITY of
+the wrong length, a stream depending on itself), the core corrects them. Every wait is bounded by
 ``WAIT`` seconds, and a test that sees the wrong kind of error fails at once instead of waiting
 for the right one.
 """
@@ -55,11 +55,6 @@ from .rawclient import (
 
 pytestmark = pytest.mark.timeout(15)
 
-
-def today(does: str, rfc: str) -> pytest.MarkDecorator:
-    """A deviation that comes from the h2/hyperframe libraries underneath (they decide these
-    frames before the core sees them); strict, so a library upgrade that fixes one shows."""
-    return pytest.mark.xfail(strict=True, reason=f"h2/hyperframe: {does} (RFC 9113 {rfc})")
 
 WAIT = 2.0
 """Seconds the server has to answer, reset, or close: every wait in this file is bounded."""
@@ -433,8 +428,6 @@ async def test_4_1_reserved_bit_ignored(peer: Peer) -> None:
     assert (got.status, got.body) == (200, BYTES10), peer.describe()
 
 
-@today("GOAWAY PROTOCOL_ERROR: the R bit is read as part of the increment",
-       "§6.9 requires the reserved bit to be ignored on receipt")
 async def test_6_9_reserved_bit_in_window_increment_ignored(peer: Peer) -> None:
     """§6.9: the reserved bit in front of a WINDOW_UPDATE increment MUST be ignored when
     receiving (so this is an increment of 1, not an out-of-range one)."""
@@ -665,14 +658,12 @@ async def test_5_1_2_concurrent_stream_limit(peer: Peer) -> None:
 # ------------------------------------------------------------------- 5.3 stream priority
 
 
-@today("GOAWAY PROTOCOL_ERROR, a connection error", "§5.3.1 requires a stream error")
 async def test_5_3_1_headers_depending_on_itself(peer: Peer) -> None:
     """§5.3.1: a stream cannot depend on itself: a stream error PROTOCOL_ERROR."""
     peer.send(peer.ff.headers(1, req(), end_stream=True, priority=(1, 16)))
     await peer.expect_stream_error(1, PROTOCOL_ERROR)
 
 
-@today("GOAWAY PROTOCOL_ERROR, a connection error", "§5.3.1 requires a stream error")
 async def test_5_3_1_priority_depending_on_itself(peer: Peer) -> None:
     """§5.3.1, §6.3: a PRIORITY frame making a stream depend on itself: stream error
     PROTOCOL_ERROR."""
@@ -784,7 +775,6 @@ async def test_6_3_priority_on_stream_0(peer: Peer) -> None:
     await peer.expect_connection_error(PROTOCOL_ERROR)
 
 
-@today("GOAWAY FRAME_SIZE_ERROR, a connection error", "§6.3 requires a stream error")
 async def test_6_3_priority_wrong_length(peer: Peer) -> None:
     """§6.3: a PRIORITY frame whose length is not 5 is a *stream* error FRAME_SIZE_ERROR."""
     peer.send(peer.ff.request(1, path=SLOW))
@@ -813,7 +803,6 @@ async def test_6_4_rst_stream_wrong_length(peer: Peer) -> None:
 # --------------------------------------------------------------------------- 6.5 SETTINGS
 
 
-@today("GOAWAY PROTOCOL_ERROR", "§6.5 requires FRAME_SIZE_ERROR")
 async def test_6_5_settings_ack_with_payload(peer: Peer) -> None:
     """§6.5: SETTINGS with ACK and a payload is a connection error FRAME_SIZE_ERROR."""
     peer.send(peer.ff.settings({INITIAL_WINDOW_SIZE: 100}, ack=True))
@@ -933,7 +922,6 @@ async def test_6_9_window_update_zero_on_connection(peer: Peer) -> None:
     await peer.expect_connection_error(PROTOCOL_ERROR)
 
 
-@today("GOAWAY PROTOCOL_ERROR, a connection error", "§6.9 requires a stream error")
 async def test_6_9_window_update_zero_on_stream(peer: Peer) -> None:
     """§6.9: an increment of 0 for a stream window is a *stream* error PROTOCOL_ERROR."""
     peer.send(peer.ff.request(1, path=SLOW))

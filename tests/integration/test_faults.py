@@ -976,3 +976,41 @@ async def test_delay_jitter_is_seeded() -> None:
     assert 5 * SCALE < chosen < 10 * SCALE
     assert_timing(gap, chosen, "jittered delay")
     assert (await delay_run(11))[0] == chosen
+
+
+async def test_goaway_process_above_still_runs_the_app_for_streams_above_the_id() -> None:
+    """The Node.js bug as a fault: GOAWAY(last_stream_id=N) while the app still runs the
+    streams above N, so what RFC 9113 §6.8 calls unprocessed has in fact been written."""
+    fault = GoAway(mode="graceful", process_above=True,
+                   when=Trigger(path="/orders", every_nth_stream=2, max_fires=1))
+    async with chaos(fault) as server, connected(server) as c:
+        with c.corked():
+            sids = [c.open_stream("POST", "/orders", b"{}",
+                                  headers=[("x-request-id", f"r{i}")]) for i in range(3)]
+        goaway = await c.wait_frame(GOAWAY, 0)
+        assert goaway.last_stream_id == sids[0] and goaway.error_code == NO_ERROR
+        await c.wait_for(lambda: server.ledger.total == 3, 2.0)
+        # every stream reached the app, the two "unprocessed" ones included
+        assert sorted(e.stream_id for e in server.ledger.effects()) == sids
+        assert_event(server, "goaway", stream=sids[1], mode="graceful",
+                     last_stream_id=sids[0], process_above=True)
+
+
+async def test_goaway_process_above_makes_a_trusting_client_write_twice() -> None:
+    """What the fault is for: a client that resends the streams a GOAWAY called unprocessed
+    (as RFC 9113 allows, and h2guard's transport does) duplicates POSTs on such a server."""
+    import httpx
+
+    import h2guard
+
+    fault = GoAway(mode="graceful", process_above=True,
+                   when=Trigger(path="/orders", every_nth_stream=4))
+    async with chaos(fault) as server:
+        async with httpx.AsyncClient(
+                transport=h2guard.AsyncHTTPTransport(http2_prior_knowledge=True),
+                base_url=server.url, timeout=5) as client:
+            results = await asyncio.gather(*(
+                client.post("/orders", content=b"{}", headers={"x-request-id": f"r{i}"})
+                for i in range(20)), return_exceptions=True)
+        assert all(isinstance(r, httpx.Response) and r.status_code == 201 for r in results)
+        assert server.ledger.duplicate_requests, server.ledger.summary()

@@ -323,15 +323,12 @@ FATAL = {
     "SETTINGS MAX_FRAME_SIZE=100": (_S((0x5, 100)), PROTOCOL_ERROR),
     "SETTINGS MAX_FRAME_SIZE=2^24": (_S((0x5, 2**24)), PROTOCOL_ERROR),
     "SETTINGS of 5 bytes": (frame(SETTINGS, 0, 0, b"\0\1\0\0\0"), FRAME_SIZE_ERROR),
-    # RFC 9113 section 6.5 says FRAME_SIZE_ERROR; h2 (hyperframe) says PROTOCOL_ERROR.
-    "SETTINGS ACK with a payload": (_S((0x1, 4096), flags=ACK), PROTOCOL_ERROR),
+    # RFC 9113 section 6.5 (h2 alone would say PROTOCOL_ERROR; the core corrects it)
+    "SETTINGS ACK with a payload": (_S((0x1, 4096), flags=ACK), FRAME_SIZE_ERROR),
     "SETTINGS on stream 1": (frame(SETTINGS, 0, 1, b""), PROTOCOL_ERROR),
     "PING of 7 bytes": (frame(PING, 0, 0, b"1234567"), FRAME_SIZE_ERROR),
     "PING on stream 1": (frame(PING, 0, 1, b"12345678"), PROTOCOL_ERROR),
     "GOAWAY on stream 1": (frame(GOAWAY, 0, 1, b"\0" * 8), PROTOCOL_ERROR),
-    # RFC 9113 section 5.3.1 says stream error; h2 closes the connection (documented)
-    "PRIORITY depending on itself": (frame(PRIORITY, 0, 1, struct.pack(">IB", 1, 16)),
-                                     PROTOCOL_ERROR),
     "padding longer than the frame": (frame(HEADERS, END_HEADERS | PADDED, 1,
                                             b"\xff" + _BLOCK), PROTOCOL_ERROR),
     "frame above MAX_FRAME_SIZE": (frame(DATA, 0, 1, b"\0" * 16385), FRAME_SIZE_ERROR),
@@ -367,6 +364,9 @@ NON_FATAL = {
     "SETTINGS with unknown ids": (_S((0x99, 1), (0xFFFF, 2**32 - 1)), []),
     "client GOAWAY": (frame(GOAWAY, 0, 0, struct.pack(">II", 0, NO_ERROR) + b"bye"), []),
     "PING ACK nobody asked for": (ping(b"unasked!", flags=ACK), []),
+    # RFC 9113 section 5.3.1: a stream error (h2 alone would end the connection)
+    "PRIORITY depending on itself": (frame(PRIORITY, 0, 1, struct.pack(">IB", 1, 16)),
+                                     [(1, PROTOCOL_ERROR)]),
     # RFC 9113 section 8.1.1: a malformed request is a stream error, the connection goes on
     "upper-case header name": (frame(HEADERS, END_HEADERS | END_STREAM, 1,
                                      request_block(extra=[("X-Upper", "1")])),

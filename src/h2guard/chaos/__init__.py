@@ -27,6 +27,7 @@ async def serve(
     seed: int | None = None,
     upstream: str | None = None,
     control_port: int | None = None,
+    control_token: str | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
     honour_idempotency_keys: bool = False,
@@ -37,14 +38,16 @@ async def serve(
     middlebox profile instead (``h2guard chaos profiles`` lists them). TLS with a fresh
     self-signed CA is the default (trust ``server.ca_file``); ``h2c=True`` serves cleartext
     HTTP/2 with prior knowledge (and HTTP/1.1 on the same port). ``honour_idempotency_keys``
-    makes ``POST /orders`` replay the first response for a key it has seen.
+    makes ``POST /orders`` replay the first response for a key it has seen. ``control_token``
+    makes the control API (``control_port``) require ``Authorization: Bearer <token>``.
     """
     if isinstance(scenario, str) or profile is not None:
         from h2guard.chaos.scenario import resolve
 
         scenario = resolve(profile, scenario if isinstance(scenario, str) else None)
     config = ServerConfig(host=host, port=port, h2c=h2c, time_scale=time_scale, seed=seed,
-                          upstream=upstream, control_port=control_port, certfile=certfile,
+                          upstream=upstream, control_port=control_port,
+                          control_token=control_token, certfile=certfile,
                           keyfile=keyfile, honour_idempotency_keys=honour_idempotency_keys)
     server = ChaosServer(scenario, config=config)
     await server.start()

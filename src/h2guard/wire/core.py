@@ -81,6 +81,8 @@ _GoAwayFrame = hyperframe.frame.GoAwayFrame
 _DataFrame = hyperframe.frame.DataFrame
 _SettingsFrame = hyperframe.frame.SettingsFrame
 _WindowUpdateFrame = hyperframe.frame.WindowUpdateFrame
+_HeadersFrame = hyperframe.frame.HeadersFrame
+_PriorityFrame = hyperframe.frame.PriorityFrame
 _RstStreamFrame = hyperframe.frame.RstStreamFrame
 _CONTROL_FRAMES = frozenset({
     hyperframe.frame.PingFrame, hyperframe.frame.SettingsFrame,
@@ -463,7 +465,11 @@ class H2Core:
             except StopIteration:
                 break
             except Exception as exc:  # framing: size, CONTINUATION, padding (not an h2 error)
-                self._terminate(self._code_for(exc), exc, events)
+                fixed = self._body_refused(frames, exc, events)
+                if fixed:
+                    continue
+                if fixed is None:
+                    self._terminate(self._code_for(exc), exc, events)
                 return events
             kind = type(frame)
             if self._awaiting_settings:
@@ -487,6 +493,13 @@ class H2Core:
                     self.resets_received += 1
                 elif kind is _GoAwayFrame:
                     self._flush()  # h2 clears its outbound buffer on GOAWAY: keep what it had
+                # RFC 9113 §5.3.1: a stream that depends on itself is a stream error; h2 would
+                # end the connection. HEADERS still go through h2 (HPACK state) without the
+                # bad priority, and their request is dropped.
+                if (kind is _HeadersFrame or kind is _PriorityFrame) \
+                        and getattr(frame, "depends_on", 0) == frame.stream_id \
+                        and self._self_dependency(frame, events, now):
+                    continue
             try:
                 h2_events = handle(frame)
             except _Malformed as exc:
@@ -509,6 +522,65 @@ class H2Core:
                     f"frame of {length} bytes, SETTINGS_MAX_FRAME_SIZE is "
                     f"{frames.max_frame_size}"), events)
         return events
+
+    def _body_refused(self, frames: Any, exc: Exception, events: list[Event]) -> bool | None:
+        """A frame body hyperframe refused, where RFC 9113 says something else than "connection
+        error PROTOCOL_ERROR". The frame is still at the head of h2's buffer (hyperframe
+        consumes a frame only once its body parsed). True: handled, go on; False: the
+        connection ended here; None: not one of these, a connection error as usual."""
+        pending = frames._data
+        if len(pending) < 9 or frames._headers_buffer or \
+                str(exc).startswith("Received frame with invalid header"):
+            return None  # only a body refused once all of it arrived: chunking cannot matter
+        length = int.from_bytes(pending[:3], "big")
+        ftype, flags = pending[3], pending[4]
+        sid = int.from_bytes(pending[5:9], "big") & MAX_STREAM_ID
+        if len(pending) < 9 + length:
+            return None
+        if ftype == 0x4 and flags & 0x1 and length:  # §6.5: an ACK with a payload
+            self._terminate(_FRAME_SIZE_ERROR, exc, events)
+            return False
+        if ftype == 0x8 and length == 4:
+            if pending[9] & 0x80:  # §6.9: the reserved bit MUST be ignored
+                pending[9] &= 0x7F
+                return True
+            if sid and not any(pending[9:13]):  # §6.9: an increment of 0 on a stream
+                del pending[:13]
+                if sid in self._conn.streams:
+                    self._reject(sid, "WINDOW_UPDATE with an increment of 0", events)
+                    return True
+                self._terminate(_PROTOCOL_ERROR, exc, events)  # on an idle stream: §5.1
+                return False
+        if ftype == 0x2 and length != 5 and sid:  # §6.3: a stream error FRAME_SIZE_ERROR
+            del pending[:9 + length]
+            self._raw_rst(sid, _FRAME_SIZE_ERROR)
+            return True
+        return None
+
+    def _self_dependency(self, frame: Any, events: list[Event], now: float) -> bool:
+        """A PRIORITY or HEADERS frame whose stream depends on itself: True if handled."""
+        sid = frame.stream_id
+        if type(frame) is _PriorityFrame:
+            if sid in self._conn.streams:
+                self._reject(sid, "a stream cannot depend on itself", events)
+            else:
+                self._raw_rst(sid, _PROTOCOL_ERROR)
+            return True
+        frame.depends_on = 0
+        try:
+            h2_events = self._conn._receive_frame(frame)
+        except Exception:
+            return False  # let the normal path judge it again and fail the connection
+        dropped = [ev for ev in h2_events if getattr(ev, "stream_id", None) != sid]
+        if dropped:
+            self._translate(dropped, events, now)
+        self._reject(sid, "a stream cannot depend on itself", events)
+        return True
+
+    def _raw_rst(self, stream_id: int, code: int) -> None:
+        """RST_STREAM for a stream h2 does not know (an idle one): written by hand."""
+        self._flush()
+        self._out.append(frame_header(4, 0x3, 0, stream_id) + struct.pack(">I", code))
 
     def _stream_error(self, frame: Any, exc: Exception, events: list[Event]) -> bool:
         """The errors h2 raises as connection errors that RFC 9113 makes stream errors on a
