@@ -259,34 +259,27 @@ class H2Adapter(asyncio.Protocol):
         self.flush()
 
     def _carry_out(self) -> None:
+        exchanges = self.exchanges
         for action in self.ex.actions():
-            kind = type(action)
-            if kind is ResponseConsumed:
-                consumed = cast(ResponseConsumed, action)
-                exchange = self.exchanges.get(consumed.stream_id)
-                if exchange is not None:
-                    exchange.response_consumed(consumed.n)
-            elif kind is ForwardData:
-                fwd = cast(ForwardData, action)
-                exchange = self.exchanges.get(fwd.stream_id)
-                if exchange is not None:
-                    exchange.send_data(fwd.data, end_stream=fwd.end_stream)
-            elif kind is Forward:
-                self._forward(cast(Forward, action))
-            elif kind is ForwardTrailers:
-                tr = cast(ForwardTrailers, action)
-                exchange = self.exchanges.get(tr.stream_id)
-                if exchange is not None:
-                    exchange.send_trailers(tr.headers)
-            elif kind is ForwardCancel:
-                cancel = cast(ForwardCancel, action)
-                exchange = self.exchanges.pop(cancel.stream_id, None)
-                if exchange is not None:
-                    exchange.cancel(cancel.code)
-            elif kind is Close:
-                self._close(cast(Close, action).how)
-            elif kind is Blackhole:
-                self._blackhole()
+            match action:
+                case ResponseConsumed(stream_id=sid, n=n):
+                    if (exchange := exchanges.get(sid)) is not None:
+                        exchange.response_consumed(n)
+                case ForwardData(stream_id=sid, data=data, end_stream=end):
+                    if (exchange := exchanges.get(sid)) is not None:
+                        exchange.send_data(data, end_stream=end)
+                case Forward():
+                    self._forward(action)
+                case ForwardTrailers(stream_id=sid, headers=headers):
+                    if (exchange := exchanges.get(sid)) is not None:
+                        exchange.send_trailers(headers)
+                case ForwardCancel(stream_id=sid, code=code):
+                    if (exchange := exchanges.pop(sid, None)) is not None:
+                        exchange.cancel(code)
+                case Close(how=how):
+                    self._close(how)
+                case Blackhole():
+                    self._blackhole()
 
     def _forward(self, action: Forward) -> None:
         if self.session is None:

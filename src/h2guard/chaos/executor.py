@@ -444,9 +444,7 @@ class Executor:
             timer.cancel()
         self._timers.clear()
         for st in self.streams.values():
-            st.dead = True
-            if st.forwarded and not st.upstream_done:
-                self._actions.append(ForwardCancel(st.sid, _CANCEL))
+            self._kill(st)
         self.streams.clear()
         self.ctx.emit("chaos.connection.closed", connection=self.cid, requests=self.requests,
                       reason=reason)
@@ -582,8 +580,6 @@ class Executor:
             elif kind is StreamReset:
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
-                    if st.forwarded and not st.upstream_done:
-                        self._actions.append(ForwardCancel(st.sid, _CANCEL))
                     self._kill(st)
                 self.ctx.emit("chaos.stream.reset_by_client", connection=self.cid,
                               stream=ev.stream_id, code=code_name(ev.error_code))
@@ -598,8 +594,6 @@ class Executor:
             elif kind is StreamRejected:
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
-                    if st.forwarded and not st.upstream_done:
-                        self._actions.append(ForwardCancel(st.sid, _CANCEL))
                     self._kill(st)
                 self.ctx.emit("chaos.stream.malformed", connection=self.cid,
                               stream=ev.stream_id, code="PROTOCOL_ERROR", message=ev.message)
@@ -1135,9 +1129,6 @@ class Executor:
         core = self.core
         assert core is not None
         core.reset_stream(st.sid, code)
-        if st.forwarded and not st.upstream_done:
-            self._actions.append(ForwardCancel(st.sid, _CANCEL))
-        st.upstream_done = True
         self.streams.pop(st.sid, None)
         self._kill(st)
 
@@ -1194,10 +1185,7 @@ class Executor:
             if keep:
                 return _CONTINUE
             for sid in [s for s in self.streams if s > last]:
-                dropped = self.streams.pop(sid)
-                if dropped.forwarded and not dropped.upstream_done:
-                    self._actions.append(ForwardCancel(sid, _CANCEL))
-                self._kill(dropped)
+                self._kill(self.streams.pop(sid))
             return _STOP if st.sid > last else _CONTINUE
         last = core.highest_inbound_stream_id if fault.last_stream_id is None \
             else fault.last_stream_id
@@ -1258,8 +1246,6 @@ class Executor:
             total += frame_max
         core.write_raw(b"".join(frames))
         self.streams.pop(st.sid, None)
-        if st.forwarded and not st.upstream_done:
-            self._actions.append(ForwardCancel(st.sid, _CANCEL))
         self._kill(st)
         self._later(self.ctx.faults.scaled(1.0), self._close, "fin")
 
@@ -1271,6 +1257,10 @@ class Executor:
         self.ctx.count_fault(kind, name or "")
 
     def _kill(self, st: _Stream) -> None:
+        """The stream ends here (its upstream exchange too, in proxy mode)."""
+        if st.forwarded and not st.upstream_done:
+            self._actions.append(ForwardCancel(st.sid, _CANCEL))
+        st.upstream_done = True
         st.dead = True
         if st.timer is not None:
             st.timer.cancel()
@@ -1366,8 +1356,6 @@ class Executor:
         for _, _, timer in self._timers:
             timer.cancel()
         for st in self.streams.values():
-            if st.forwarded and not st.upstream_done:
-                self._actions.append(ForwardCancel(st.sid, _CANCEL))
             self._kill(st)
         self.streams.clear()
         self._actions.append(Blackhole())
