@@ -904,3 +904,58 @@ async def test_default_limits_never_cut_off_a_busy_honest_client() -> None:
         assert all(r[1] == 20000 for r in results[1::4] if isinstance(r, tuple))
         assert server.events.counts.get("chaos.connection.opened") == 1, server_view(server)
         assert transport.events.counts.get("client.goaway", 0) == 0
+
+
+# --------------------------------------------------------------------------- HTTP/1.1 and TLS
+
+
+async def _wait_eof(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything the server sends until it closes (bounded)."""
+    got = b""
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(65536):
+            got += chunk
+    return got
+
+
+async def test_http1_slow_request_head_gets_408_and_a_close() -> None:
+    """Slowloris on the HTTP/1.1 side: a head that never completes is cut off after
+    handshake_timeout, with a 408."""
+    limits = Limits(handshake_timeout=0.5)
+    async with serve(scenario("h1-slowloris", limits), h2c=True) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        start = time.monotonic()
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        got = await _wait_eof(reader, 5.0)
+        elapsed = time.monotonic() - start
+        writer.close()
+        assert got.startswith(b"HTTP/1.1 408"), got[:100]
+        assert 0.4 <= elapsed <= 3.0, elapsed
+        assert any(e.data.get("limit") == "handshake_timeout" for e in limit_events(server))
+
+
+async def test_http1_idle_keepalive_connection_is_closed() -> None:
+    limits = Limits(idle_timeout=0.5)
+    async with serve(scenario("h1-idle", limits), h2c=True) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /bytes/3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = time.monotonic()
+        got = await _wait_eof(reader, 5.0)
+        elapsed = time.monotonic() - start
+        writer.close()
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n" + bytes(range(3)))
+        assert 0.4 <= elapsed <= 3.0, elapsed
+        assert any(e.data.get("limit") == "idle_timeout" for e in limit_events(server))
+
+
+async def test_tls_handshake_that_never_starts_is_closed() -> None:
+    """Before any HTTP/2 byte, a TLS peer that sends nothing is bounded by the same deadline."""
+    limits = Limits(handshake_timeout=0.5)
+    async with serve(scenario("tls-silent", limits)) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        start = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            await _wait_eof(reader, 5.0)
+        elapsed = time.monotonic() - start
+        writer.close()
+        assert 0.4 <= elapsed <= 3.0, elapsed

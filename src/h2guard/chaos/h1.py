@@ -1,7 +1,10 @@
 """HTTP/1.1 for clients that did not negotiate h2 (ALPN or cleartext), via h11.
 
 Faults are HTTP/2 frame-level and are not applied here; the app and the ledger are shared with
-the HTTP/2 side. In proxy mode the request and response bodies stream through the same
+the HTTP/2 side. The same self-protection deadlines hold (``[limits]``): a request head must
+arrive whole within ``handshake_timeout`` of its first byte (slowloris), and a connection
+waiting for its next request closes after ``idle_timeout``. In proxy mode the request and
+response bodies stream through the same
 upstream session the HTTP/2 side uses: reading from the client pauses while more than a stream
 buffer of its body waits for the upstream, and the upstream is told a response chunk was
 consumed only once the socket took it (``resume_writing``), so memory stays bounded both ways.
@@ -30,11 +33,13 @@ class H1Hooks(Protocol):
 
     app: Any
     events: Any
+    scenario: Any
 
     @property
     def buffer_limit(self) -> int: ...
 
     def count_request(self) -> None: ...
+    def count_fault(self, kind: str, code: str) -> None: ...
     def track(self, conn: object, alive: bool) -> None: ...
     def upstream_session(self) -> Any: ...
     def keep_task(self, task: asyncio.Task[Any]) -> None: ...
@@ -61,16 +66,20 @@ class H1Protocol(asyncio.Protocol):
         self.write_paused = False
         self.unacked = 0  # response bytes written while the socket was full
         self.responding = False
+        self.guard: asyncio.TimerHandle | None = None  # idle / request-head deadline
+        self.head_started = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.hooks.track(self, True)
         self.hooks.events.emit("chaos.connection.opened", connection=self.cid,
                                protocol="http/1.1")
+        self._wait_for_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        self._disarm()
         if self.exchange is not None:
             self.exchange.cancel(0x8)
             self.exchange = None
@@ -82,8 +91,45 @@ class H1Protocol(asyncio.Protocol):
                                reason=str(exc) if exc else "closed")
 
     def data_received(self, data: bytes) -> None:
+        if not self.head_started and self.request is None and not self.busy:
+            self.head_started = True  # the first byte of a request: its head must follow
+            limits = self.hooks.scenario.limits
+            if limits.enabled:
+                self._arm(limits.handshake_timeout, "handshake_timeout")
         self.conn.receive_data(data)
         self._pump()
+
+    # ---------------------------------------------------------------- deadlines
+
+    def _wait_for_request(self) -> None:
+        self.head_started = False
+        limits = self.hooks.scenario.limits
+        if limits.enabled and limits.idle_timeout is not None:
+            self._arm(limits.idle_timeout, "idle_timeout")
+        else:
+            self._disarm()
+
+    def _arm(self, seconds: float, limit: str) -> None:
+        self._disarm()
+        self.guard = asyncio.get_running_loop().call_later(seconds, self._expired, limit,
+                                                            seconds)
+
+    def _disarm(self) -> None:
+        if self.guard is not None:
+            self.guard.cancel()
+            self.guard = None
+
+    def _expired(self, limit: str, seconds: float) -> None:
+        self.guard = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.hooks.events.emit("chaos.limit_exceeded", connection=self.cid, limit=limit,
+                               code=None, value=seconds, protocol="http/1.1")
+        self.hooks.count_fault("limit_exceeded", limit)
+        if limit == "handshake_timeout":
+            self._send_simple(408, "request head not received in time")
+        transport.close()
 
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
@@ -120,6 +166,7 @@ class H1Protocol(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                self._disarm()  # the head is here: the app or the upstream sets the pace
                 self.request = event
                 self.body, self.size = [], 0
                 if self.hooks.upstream_session() is not None:
@@ -195,6 +242,7 @@ class H1Protocol(asyncio.Protocol):
             transport.close()
             return
         self._resume_reading()
+        self._wait_for_request()
         self._pump()
 
     def _send_simple(self, status: int, message: str) -> None:

@@ -78,13 +78,17 @@ class ChaosServer:
             self.upstream = Upstream.from_config(cfg)  # options from cfg.extra
         self._context = ExecutorContext(
             faults=self.faults, app=self.app, emit=self.events.emit,
-            count_fault=self._count_fault, count_request=self.count_request,
+            count_fault=self.count_fault, count_request=self.count_request,
             limits=self.scenario.limits, proxy=self.upstream is not None,
             max_header_list_size=cfg.max_header_list_size,
             validate_headers=cfg.validate_headers)
+        limits = self.scenario.limits
+        # the TLS handshake comes before the executor's own handshake deadline: bound it too
+        tls_deadline = limits.handshake_timeout \
+            if self._ssl is not None and limits.enabled else None
         self._server = await self._loop.create_server(
             lambda: H2Adapter(self), cfg.host, cfg.port, ssl=self._ssl, backlog=1024,
-            reuse_address=True)
+            ssl_handshake_timeout=tls_deadline, reuse_address=True)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         self.started_at = time.time()
@@ -171,7 +175,8 @@ class ChaosServer:
 
     # ---------------------------------------------------------------- for the connections
 
-    def _count_fault(self, kind: str, code: str) -> None:
+    def count_fault(self, kind: str, code: str) -> None:
+        """One more fault (or limit) of this kind and code, for the summary and the stats."""
         key = (kind, code)
         self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
 
