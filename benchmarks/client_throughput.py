@@ -53,7 +53,7 @@ CLIENTS = ("httpx", "niquests", "bare", "h2guard")
 PATH = "/bytes/16"
 BODY_LEN = 16
 TARGETS = {"h2guard/httpx": 3.0, "h2guard/niquests": 2.0, "h2guard/bare": 0.5}
-# Measured on the project's machines (FIELD-NOTES §7 and the issue), for context only.
+# Measured on the project's machines (docs/facts.md §7 and the issue), for context only.
 REFERENCE = {"nginx_h2c_req_per_s": {"httpx": 1100, "niquests": 1600, "bare": 6500,
                                      "h2load": 160000}}
 START_TIMEOUT = 20.0

@@ -3,7 +3,7 @@
 Every reset, GOAWAY, injected fault, retry, downgrade and refusal is an :class:`Event` with a
 stable dotted ``name`` (``chaos.fault``, ``chaos.connection.opened``, ...). Metrics, JSON-lines
 logs, the chaos control API and test assertions are all views of the same events
-(DESIGN.md, principle 6): a hook is any callable taking an event.
+(docs/architecture.md, principle 6): a hook is any callable taking an event.
 """
 
 from __future__ import annotations

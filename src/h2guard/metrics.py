@@ -1,4 +1,6 @@
-"""Prometheus metrics: a view of events, never a separate code path (DESIGN.md, principle 6).
+"""Prometheus metrics: a view of events, never a separate code path.
+
+See docs/architecture.md, principle 6.
 
 ``prometheus-client`` is an optional extra (``pip install 'h2guard[metrics]'``). It is imported
 only when a metrics object is built; without it that raises :class:`RuntimeError` with the

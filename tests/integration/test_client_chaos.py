@@ -1,6 +1,6 @@
 """Acceptance tests of the client: h2guard's transports against the chaos server.
 
-Five production failure scenarios (FIELD-NOTES.md §3, §4), each driven with 2,000 requests
+Five production failure scenarios (docs/facts.md §3, §4), each driven with 2,000 requests
 (GETs of /bytes/N mixed with POST /orders, every POST with its own X-Request-Id) at
 concurrency 100: h2guard must lose none and duplicate none (the ledger proves it), while raw
 httpx over HTTP/2 on the very same scenario and workload must fail (> 0 failures), so every

@@ -1,4 +1,4 @@
-"""h2guard's httpx transports against real nginx: FIELD-NOTES §7's two set-ups, measured.
+"""h2guard's httpx transports against real nginx: docs/facts.md §7's two set-ups, measured.
 
 nginx (nginx-light) listens three ways in one server block: h2c (``listen P http2``), TLS with
 ALPN h2 (``listen P ssl http2``, a trustme certificate) and TLS without HTTP/2 (``listen P
@@ -10,10 +10,10 @@ X-Request-Id, so a request sent twice shows up in ``ledger.duplicate_requests``.
   300 POSTs at concurrency 20 in three waves 2.5 s apart, i.e. past the idle timeout. h2guard
   (async over TLS and h2c, sync over TLS from 20 threads) loses none and runs none twice; raw
   httpx with ``http2=True``, running the same waves at the same time on its own connections,
-  loses many (FIELD-NOTES: 244 of 300).
+  loses many (docs/facts.md §7: 244 of 300).
 * Stock nginx limits (``keepalive_requests 1000; http2_max_concurrent_streams 128``): 3,000
   POSTs at concurrency 200; h2guard loses none. Raw httpx's figure is printed, not asserted:
-  its loss here (3 of 3,000 in FIELD-NOTES) is intermittent.
+  its loss here (3 of 3,000 in docs/facts.md §7) is intermittent.
 * HTTP/1.1: a TLS listener without http2 makes ALPN choose http/1.1 and h2guard speaks it,
   while its other origins keep HTTP/2 (the caller's SSLContext is shared with the HTTP/1.1
   delegate, which sets ALPN on it); a chaos server resetting one path with HTTP_1_1_REQUIRED
@@ -290,12 +290,12 @@ async def _measure(name: str, make: Callable[[], httpx.AsyncClient], url: str,
 
 
 def _waves(client: httpx.AsyncClient, url: str, run: Run) -> Awaitable[Run]:
-    """FIELD-NOTES §7, tight set-up: 300 POSTs at concurrency 20, three waves 2.5 s apart."""
+    """docs/facts.md §7, tight set-up: 300 POSTs at concurrency 20, three waves 2.5 s apart."""
     return _async_load(client, url, run, waves=3, per_wave=100, concurrency=20, gap=IDLE_GAP)
 
 
 def _burst(client: httpx.AsyncClient, url: str, run: Run) -> Awaitable[Run]:
-    """FIELD-NOTES §7, stock limits: 3,000 POSTs at concurrency 200."""
+    """docs/facts.md §7, stock limits: 3,000 POSTs at concurrency 200."""
     return _async_load(client, url, run, waves=1, per_wave=3000, concurrency=200, gap=0.0)
 
 
@@ -331,7 +331,7 @@ async def test_tight_nginx_loses_nothing(tight: Site, scheme: str) -> None:
 
     _assert_clean(tight, ours, 300)
     assert ours.versions == {"HTTP/2": 300}
-    # The figure to beat (FIELD-NOTES §7: 244 of 300): stream limits, request caps and idle
+    # The figure to beat (docs/facts.md §7: 244 of 300): stream limits, request caps and idle
     # closes cost httpx's own HTTP/2 transport requests.
     assert theirs.sent == 300
     assert theirs.failed > 0, theirs.report()
@@ -372,7 +372,7 @@ async def test_stock_nginx_burst_loses_nothing(stock: Site) -> None:
     theirs = await _measure("httpx-stock", raw, url, _burst)
     _assert_clean(stock, ours, 3000)
     assert ours.versions == {"HTTP/2": 3000}
-    # Raw httpx is only recorded: its loss here is intermittent (3 of 3,000 in FIELD-NOTES).
+    # Raw httpx is only recorded: its loss here is intermittent (3 of 3,000 in docs/facts.md §7).
     assert theirs.sent == 3000
 
 

@@ -1,7 +1,7 @@
 """h2load against the chaos server: load without faults, and a stream limit it overruns.
 
 h2load opens ``-m`` streams per connection at once, before it has read the server's SETTINGS,
-exactly as the Node and Java clients in FIELD-NOTES.md do; with a limit of 4 and ``-m 10`` the
+exactly as the Node and Java clients in docs/facts.md §7 do; with a limit of 4 and ``-m 10`` the
 server refuses the excess with REFUSED_STREAM, and h2load (which never retries) counts them as
 failed. The server must stay healthy throughout.
 """

@@ -159,7 +159,7 @@ def _assert_idle(end: IdleEnd, *, last: int, after: float, what: str) -> None:
 
 
 def _tight_nginx_profile() -> Scenario:
-    """The packaged nginx profile with the numbers of FIELD-NOTES §7's tight set-up: so what is
+    """The packaged nginx profile with the numbers of docs/facts.md §7's tight set-up: so what is
     compared is the profile's structure (kinds, codes, actions), not a hand-written copy."""
     base = resolve("nginx", None)
     faults: list[Any] = []
@@ -180,7 +180,7 @@ def _tight_nginx_profile() -> Scenario:
 
 @pytest.fixture
 async def tight(peer: Any, tmp_path: Path) -> AsyncIterator[tuple[Target, Target]]:
-    """(real nginx, chaos) in FIELD-NOTES §7's tight set-up: keepalive_requests 5,
+    """(real nginx, chaos) in docs/facts.md §7's tight set-up: keepalive_requests 5,
     http2_max_concurrent_streams 4, keepalive_timeout 2s.
 
     nginx-light has no module that answers slowly, so nginx's slow location proxies to a
@@ -459,7 +459,7 @@ backend chaos_retry
             # 1. No 502: HAProxy's h2 mux resets a client stream on which it has sent no
             # HEADERS yet with REFUSED_STREAM "to let the client retry", whatever the backend
             # said. But the order WAS written: RFC 9113 §8.7 promises a REFUSED_STREAM was not
-            # processed, so a client that resends on REFUSED_STREAM (FIELD-NOTES §1, Go,
+            # processed, so a client that resends on REFUSED_STREAM (docs/facts.md §1, Go,
             # OkHttp, curl) writes it twice behind HAProxy.
             assert crash == (None, REFUSED_STREAM, 0)
             assert [e["code"] for e in faults("crash")] == ["INTERNAL_ERROR"]

@@ -1,4 +1,4 @@
-"""The public API is what ``h2guard.__all__`` names, kept sorted (DESIGN.md)."""
+"""The public API is what ``h2guard.__all__`` names, kept sorted (docs/architecture.md, layout)."""
 
 import h2guard
 import h2guard.chaos

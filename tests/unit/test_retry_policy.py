@@ -1,6 +1,6 @@
 """The retry decision without I/O: RetryPolicy, backoff, Retry-After, RetryBudget, classify().
 
-FIELD-NOTES.md §1 (what is safe to resend), §5 (backoff and budget anchors). The transport-level
+docs/facts.md §1 (what is safe to resend), §5 (backoff and budget anchors). The transport-level
 behaviour (attempt counts, raised errors, bodies, keys) is in test_retry_transport.py.
 """
 

@@ -1,5 +1,5 @@
 """RetryTransport around a scripted fake transport: what is resent, how often, with which body
-and key, and what is raised when it is not (FIELD-NOTES.md §1, §5, §6). No network."""
+and key, and what is raised when it is not (docs/facts.md §1, §5, §6). No network."""
 
 from __future__ import annotations
 

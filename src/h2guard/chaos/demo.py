@@ -1,9 +1,9 @@
 """``make demo``: reproduce the production "stream was reset" incident on a laptop, then fix it.
 
 It starts a chaos server in-process (TLS, ALPN h2, a fresh CA) for each of a few middlebox set-ups
-from FIELD-NOTES.md, drives plain ``httpx`` (HTTP/2) at it the way a service would, and prints
-what broke, why (from the faults the server injected), and what the server's ledger says really
-happened. Then the same traffic again, on a fresh server with the same faults, through
+from docs/facts.md (§3, §7), drives plain ``httpx`` (HTTP/2) at it the way a service would, and
+prints what broke, why (from the faults the server injected), and what the server's ledger says
+really happened. Then the same traffic again, on a fresh server with the same faults, through
 ``h2guard.AsyncClient`` (automatic Idempotency-Keys, against a server that honours them), and a
 before/after table. No external server is needed.
 """
@@ -55,7 +55,7 @@ class DemoCase:
 
 
 def default_cases() -> list[DemoCase]:
-    """The set-ups of FIELD-NOTES §7 and §3, scaled so the whole demo takes ~15 s."""
+    """The set-ups of docs/facts.md §7 and §3, scaled so the whole demo takes ~15 s."""
     tight = Scenario(
         name="nginx-tight",
         description="nginx with keepalive_requests 5; http2_max_concurrent_streams 4; "
@@ -77,7 +77,7 @@ def default_cases() -> list[DemoCase]:
                           when=Trigger(path="/orders", method="POST", probability=0.1)),),
     )
     return [
-        DemoCase("nginx, tightened (FIELD-NOTES §7)", tight, "POST", "/orders", 3, 100, 20,
+        DemoCase("nginx, tightened (the measured incident)", tight, "POST", "/orders", 3, 100, 20,
                  2.5, 0.25,
                  "A request cap and a stream limit end streams with GOAWAY and REFUSED_STREAM; "
                  "neither request was processed, so every one was safe to resend — httpx "

@@ -1,8 +1,8 @@
 """The data model of a chaos scenario: what a TOML file becomes after validation.
 
-Faults are data (DESIGN.md, principle 4): the server never hard-codes a failure, it consults
-these records at a handful of hook points ("moments") in a stream's life. Durations here are in
-*unscaled* seconds, exactly as written in the file; the server multiplies them by its
+Faults are data (docs/architecture.md, principle 4): the server never hard-codes a failure, it
+consults these records at a handful of hook points ("moments") in a stream's life. Durations here
+are in *unscaled* seconds, exactly as written in the file; the server multiplies them by its
 ``time_scale`` when it arms a timer, so one profile serves both a real-time run and a test that
 squeezes a 60 s idle timeout into 0.6 s.
 

@@ -1,8 +1,8 @@
 """Scenario files: TOML in, a validated :class:`~h2guard.chaos.model.Scenario` out.
 
-A scenario is data (DESIGN.md, principle 4): server settings plus an ordered list of faults.
-A middlebox profile (``h2guard chaos --profile nginx``) is simply a scenario file packaged in
-``h2guard/chaos/profiles/``. Everything a file can say is shown here::
+A scenario is data (docs/architecture.md, principle 4): server settings plus an ordered list of
+faults. A middlebox profile (``h2guard chaos --profile nginx``) is simply a scenario file packaged
+in ``h2guard/chaos/profiles/``. Everything a file can say is shown here::
 
     name = "nginx"
     description = "nginx 1.22 defaults"

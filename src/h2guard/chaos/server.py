@@ -1,11 +1,11 @@
 """The chaos server's lifecycle: listen, accept, hand each connection to its adapter, stop.
 
-The parts (DESIGN.md, principle 1): :mod:`~h2guard.chaos.executor` decides everything about one
-HTTP/2 connection with no I/O (faults, limits, streams, proxying); :mod:`~h2guard.chaos.adapter`
-moves its bytes and timers over asyncio; :mod:`~h2guard.chaos.h1` serves HTTP/1.1 clients;
-:mod:`~h2guard.chaos.upstream` talks to the upstream in proxy mode. This module owns what they
-share (the fault set, the event log, the ledger, the counters) and passes each of them only the
-small interface it needs, so none of them imports the server.
+The parts (docs/architecture.md, principle 1): :mod:`~h2guard.chaos.executor` decides
+everything about one HTTP/2 connection with no I/O (faults, limits, streams, proxying);
+:mod:`~h2guard.chaos.adapter` moves its bytes and timers over asyncio; :mod:`~h2guard.chaos.h1`
+serves HTTP/1.1 clients; :mod:`~h2guard.chaos.upstream` talks to the upstream in proxy mode.
+This module owns what they share (the fault set, the event log, the ledger, the counters) and
+passes each of them only the small interface it needs, so none of them imports the server.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The per-origin HTTP/2 connection pool: which connection a request's stream goes on.
 
-Rules, each from a failure seen in production (FIELD-NOTES.md §3, §4):
+Rules, each from a failure seen in production (docs/facts.md §3, §4):
 
 * A stream opens only on a connection that has seen the server's SETTINGS, has not received
   GOAWAY, and is below the server's MAX_CONCURRENT_STREAMS (which may drop mid-connection).

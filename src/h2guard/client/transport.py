@@ -2,7 +2,7 @@
 connections.
 
 ``httpx.AsyncClient(transport=h2guard.AsyncHTTPTransport())`` just works. What it does that
-httpx's own transport does not (FIELD-NOTES.md §4): streams at or below a GOAWAY's
+httpx's own transport does not (docs/facts.md §4): streams at or below a GOAWAY's
 last_stream_id finish; streams above it, REFUSED_STREAM and connection failures before the
 request was sent move to another or a new connection transparently (they were never processed:
 safe for any method, a bounded number of times); MAX_CONCURRENT_STREAMS is honoured with a wait
@@ -69,7 +69,7 @@ def _ssl_context(verify: ssl.SSLContext | str | bool, cert: Any) -> ssl.SSLConte
 class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     """An HTTP/2-first transport for ``httpx.AsyncClient``.
 
-    Defaults come from FIELD-NOTES.md §3: ``max_idle`` (45 s) is below the shortest common
+    Defaults come from docs/facts.md §3: ``max_idle`` (45 s) is below the shortest common
     load-balancer idle timeout (AWS ALB 60 s, nginx 75 s), so the pool closes a connection
     before a middlebox silently drops it. ``health_check_after`` (5 s): a connection idle that
     long answers a PING (within ``ping_timeout``) before it carries a request. ``ping_interval``

@@ -1,6 +1,6 @@
 """What to retry, when, and how often: the decision, with no I/O.
 
-The matrix is FIELD-NOTES.md §1. A failure the protocol proves unprocessed (RST_STREAM
+The matrix is docs/facts.md §1. A failure the protocol proves unprocessed (RST_STREAM
 REFUSED_STREAM, a stream above a GOAWAY's last_stream_id, HTTP_1_1_REQUIRED, a connection that
 failed before the request was written) is safe for any method. A failure that *may* have been
 processed (any other reset, a lost connection, a timeout) is retried only for an idempotent method
