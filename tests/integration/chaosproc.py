@@ -190,6 +190,7 @@ class RssWatch:
                     pytest.fail(f"{self.describe()} after {elapsed:.1f} s, so the work was "
                                 f"stopped early; {progress()}")
                 if task.done():
+                    print(f"\n{progress() or 'done'}: {self.describe()}")  # the figure
                     return task.result()
                 if elapsed > timeout:
                     pytest.fail(f"not done within {timeout} s; {self.describe()}; "
