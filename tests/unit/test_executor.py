@@ -1078,12 +1078,20 @@ def test_proxy_forwards_a_request_and_its_body() -> None:
     assert h.ledger.total == 0  # the built-in app never runs in proxy mode
 
 
-def test_proxy_forwards_a_get_and_ends_it() -> None:
+def test_proxy_forwards_a_get_whole() -> None:
     h = Harness(proxy=True)
     h.send(h.ff.request(1, path="/a"))
-    fwd, end = h.take_actions()
-    assert isinstance(fwd, Forward) and fwd.path == "/a"
-    assert end == ForwardData(1, b"", True)
+    (fwd,) = h.take_actions()  # a bodiless request goes as one: no empty DATA after it
+    assert isinstance(fwd, Forward) and fwd.path == "/a" and fwd.end_stream
+
+
+def test_proxy_holds_the_end_of_a_get_for_request_end_faults() -> None:
+    h = Harness(Delay(duration=1.0, at="request_end"), proxy=True)
+    h.send(h.ff.request(1, path="/a"))
+    (fwd,) = h.take_actions()
+    assert isinstance(fwd, Forward) and not fwd.end_stream
+    h.advance(1.0)
+    assert h.take_actions() == [ForwardData(1, b"", True)]
 
 
 def test_proxy_forwards_request_trailers() -> None:
@@ -1230,7 +1238,7 @@ def test_proxy_client_reset_cancels_the_upstream_exchange() -> None:
 def test_proxy_rst_stream_fault_after_app_cancels_upstream() -> None:
     h = Harness(RstStream(code=INTERNAL_ERROR, at="after_app"), proxy=True)
     h.send(h.ff.request(1, path="/a"))
-    assert [type(a) for a in h.take_actions()] == [Forward, ForwardData]
+    assert [type(a) for a in h.take_actions()] == [Forward]  # a GET goes whole
     h.ex.upstream_response(1, 200, [], False, 0.0)  # the upstream "app" answered
     out = h.flush()
     assert [(f.type, f.code) for f in out] == [("RST_STREAM", INTERNAL_ERROR)]

@@ -112,8 +112,9 @@ class Blackhole(Action):
 
 @dataclass(frozen=True, slots=True)
 class Forward(Action):
-    """Proxy mode: open an upstream exchange for this stream (the body follows as
-    :class:`ForwardData`; ``end_stream`` only for a request the client already ended)."""
+    """Proxy mode: open an upstream exchange for this stream. ``end_stream``: the request
+    ended with its headers (and no request_end fault holds it); else the body and the end
+    follow as :class:`ForwardData`."""
 
     stream_id: int
     method: str
@@ -703,7 +704,12 @@ class Executor:
 
     def _forward(self, st: _Stream) -> None:
         st.forwarded = True
-        self._actions.append(Forward(st.sid, st.method, st.path, st.headers, False))
+        # A request that ended with its headers goes as one (a GET stays a bodiless GET for an
+        # HTTP/1.1 upstream), unless request_end faults must act before the upstream sees
+        # its end: then the end follows as ForwardData once they have passed.
+        whole = st.ended and not st.body and not self.ctx.faults.by_moment["request_end"]
+        st.forward_ended = whole
+        self._actions.append(Forward(st.sid, st.method, st.path, st.headers, whole))
         for chunk in st.body:
             if chunk:
                 self._actions.append(ForwardData(st.sid, chunk, False))
