@@ -27,6 +27,13 @@ chaos_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(chaos_app, name="chaos")
+doctor_app = typer.Typer(
+    help="Diagnose HTTP/2 resets: probe an endpoint's limits (probe), show every frame "
+         "(trace), explain a client's error message (explain), check what a proxy does with "
+         "each failure (middlebox).",
+    no_args_is_help=True,
+)
+app.add_typer(doctor_app, name="doctor")
 _err = Console(stderr=True)
 
 
@@ -206,6 +213,15 @@ def chaos_demo() -> None:
     from h2guard.chaos.demo import run_demo
 
     asyncio.run(run_demo())
+
+
+def _register_doctor() -> None:
+    from h2guard.doctor.cli import register
+
+    register(doctor_app)
+
+
+_register_doctor()
 
 
 def main() -> None:

@@ -550,7 +550,7 @@ def test_profile_loads_and_round_trips(name: str) -> None:
     ("aws-nlb", 350, "blackhole", True, False),
     ("gcp-lb", 610, "goaway", True, True),
     ("azure-lb", 240, "blackhole", True, False),
-    ("nginx", 75, "goaway", True, True),
+    ("nginx", 75, "goaway", False, True),
     ("haproxy", 50, "goaway", True, True),
     ("envoy", 3600, "goaway", True, True),
     ("nghttpx", 180, "goaway", True, True),
