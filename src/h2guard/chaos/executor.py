@@ -1400,17 +1400,17 @@ class Executor:
         core = self.core
         assert core is not None
         code = self.ctx.limits.code if code is None else code
-        self.ctx.emit("chaos.limit_exceeded", connection=self.cid, limit=limit,
-                      code=code_name(code), value=value, peer=self.peer)
-        self.ctx.count_fault("limit_exceeded", limit)
+        self._count_limit(limit, code, value=value)
         if not core.closed:
             core.goaway(code=code, last_stream_id=core.highest_inbound_stream_id)
         self.final_goaway = True
         self._close(how)
 
-    def _count_limit(self, limit: str, code: int) -> None:
+    def _count_limit(self, limit: str, code: int, **extra: Any) -> None:
+        """The ``chaos.limit_exceeded`` event and counter (the connection's end is the
+        caller's)."""
         self.ctx.emit("chaos.limit_exceeded", connection=self.cid, limit=limit,
-                      code=code_name(code), peer=self.peer)
+                      code=code_name(code), peer=self.peer, **extra)
         self.ctx.count_fault("limit_exceeded", limit)
 
     def handshake_expired(self, now: float) -> None:

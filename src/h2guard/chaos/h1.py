@@ -34,6 +34,7 @@ class H1Hooks(Protocol):
     app: Any
     events: Any
     scenario: Any
+    upstream: Any  # the upstream in proxy mode, else None
 
     @property
     def buffer_limit(self) -> int: ...
@@ -169,7 +170,7 @@ class H1Protocol(asyncio.Protocol):
                 self._disarm()  # the head is here: the app or the upstream sets the pace
                 self.request = event
                 self.body, self.size = [], 0
-                if self.hooks.upstream_session() is not None:
+                if self.hooks.upstream is not None:  # proxy mode
                     self._forward(event)
             elif isinstance(event, h11.Data):
                 if self.exchange is not None:
