@@ -1,12 +1,16 @@
-# make demo : set up .venv and run the chaos demo (no external server needed)
+# make demo : set up .venv (the bench's needs only) and run the resilience scoreboard,
+#             h2guard bench --quick (no external server needed; the Go, Java and Node
+#             clients run when their runtimes are installed: make peers installs them)
 # make test : set up .venv, install the real peers (curl, nghttp2-client, nginx-light, haproxy,
 #             redis-server, postgresql), then ruff, mypy (strict on src/) and pytest
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
+REPORT_DIR ?= build/bench
 
-.PHONY: demo test lint typecheck pytest peers venv bench clean
+.PHONY: demo test lint typecheck pytest peers venv bench throughput scoreboard clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,10 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all]'
 	@touch $(STAMP)
 
+$(DEMO_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@test -f $(STAMP) || $(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+	@touch $(DEMO_STAMP)
+
 venv: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/h2guard chaos demo
+demo: $(DEMO_STAMP)
+	$(BIN)/h2guard bench --quick --json $(REPORT_DIR)/quick.json --html $(REPORT_DIR)/report.html
 
 peers:
 	bash scripts/install-peers.sh
@@ -34,7 +43,14 @@ pytest: $(STAMP)
 test: $(STAMP) peers lint typecheck pytest
 
 bench: $(STAMP) peers
+	$(BIN)/h2guard bench --json $(REPORT_DIR)/full.json --html $(REPORT_DIR)/full.html
+
+throughput: $(STAMP) peers
 	$(BIN)/python benchmarks/chaos_throughput.py
 
+scoreboard: $(DEMO_STAMP)
+	$(BIN)/h2guard bench --quick --json $(REPORT_DIR)/quick.json --html $(REPORT_DIR)/report.html
+	$(BIN)/python scripts/scoreboard_readme.py $(REPORT_DIR)/quick.json
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build src/*.egg-info
+	rm -rf $(VENV) build/bench .mypy_cache .ruff_cache .pytest_cache .hypothesis build src/*.egg-info

@@ -15,7 +15,7 @@ from h2guard import __version__
 app = typer.Typer(
     name="h2guard",
     help="Make HTTP/2 stream resets boring: reproduce them (chaos), survive them (client), "
-         "diagnose them (doctor).",
+         "diagnose them (doctor), and score clients against them (bench).",
     no_args_is_help=True,
     rich_markup_mode="rich",
     add_completion=False,
@@ -199,22 +199,6 @@ def chaos_check(
         print(f"  - {fault.kind}" + (f" ({fault.name})" if fault.name else ""))
 
 
-@chaos_app.command("demo")
-def chaos_demo() -> None:
-    """Reproduce "stream was reset" against plain httpx, then fix it, with no server to install.
-
-    Runs a few middlebox set-ups in-process (a tightened nginx, an AWS ALB idle timeout, a
-    reset after the app ran), drives httpx with HTTP/2 at each, and prints what failed, why,
-    and what the server's ledger says was really written; then the same traffic through
-    h2guard.AsyncClient on a fresh server with the same faults, and a before/after table.
-    """
-    import asyncio
-
-    from h2guard.chaos.demo import run_demo
-
-    asyncio.run(run_demo())
-
-
 def _register_doctor() -> None:
     from h2guard.doctor.cli import register
 
@@ -222,6 +206,15 @@ def _register_doctor() -> None:
 
 
 _register_doctor()
+
+
+def _register_bench() -> None:
+    from h2guard.bench.cli import register
+
+    register(app)
+
+
+_register_bench()
 
 
 def main() -> None:

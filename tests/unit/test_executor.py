@@ -179,7 +179,8 @@ class Harness:
         self.ctx = ExecutorContext(
             faults=self.faults, app=App(self.ledger), emit=self._emit,
             count_fault=lambda kind, code: self.fault_counts.append((kind, code)),
-            count_request=self._count_request, limits=self.limits, proxy=proxy)
+            count_request=self._count_request, count_attempt=self._count_attempt,
+            limits=self.limits, proxy=proxy)
         self.ex = Executor(self.ctx, connection_id=1)
         self.ff = FrameFactory()  # one HPACK encoder for this connection
         self.peer = Peer()
@@ -193,8 +194,14 @@ class Harness:
     def _emit(self, name: str, **fields: Any) -> None:
         self.events.append((name, fields))
 
-    def _count_request(self) -> None:
+    def _count_request(self, request_id: str | None) -> None:
         self.requests += 1
+        if request_id is not None:
+            self.ledger.arrived(request_id)
+
+    def _count_attempt(self, request_id: str | None) -> None:
+        if request_id is not None:
+            self.ledger.arrived(request_id)
 
     # --------------------------------------------------------------- driving
 
@@ -482,7 +489,7 @@ def test_goaway_process_above_still_runs_the_app_above_last_stream_id() -> None:
 
 @pytest.mark.parametrize(("action", "frames", "expected"), [
     ("goaway", ["GOAWAY"], Close("fin")),
-    ("fin", [], Close("fin")),
+    ("fin", [], Close("close")),
     ("rst", [], Close("rst")),
     ("blackhole", [], Blackhole()),
 ])
@@ -572,7 +579,7 @@ def test_max_age_goaway_lets_streams_finish() -> None:
 
 
 @pytest.mark.parametrize(("action", "expected"), [
-    ("fin", Close("fin")), ("rst", Close("rst")), ("blackhole", Blackhole())])
+    ("fin", Close("close")), ("rst", Close("rst")), ("blackhole", Blackhole())])
 def test_max_age_other_actions_do_not_wait(action: str, expected: Action) -> None:
     h = Harness(MaxAge(after=30.0, action=action))  # type: ignore[arg-type]
     h.send(h.ff.request(1, path="/delay/60000"), at=29.0)
@@ -1276,3 +1283,17 @@ def test_proxy_request_end_is_forwarded_even_if_the_upstream_answers_first() -> 
     h.flush()
     h.advance(2.0)
     assert ForwardData(1, b"", True) in h.take_actions()
+
+
+def test_attempts_are_counted_by_request_id_refused_ones_included() -> None:
+    # the bench reads attempts per logical request from the server: a stream refused by the
+    # stream limit is an attempt too, although it never became a request
+    h = Harness(MaxConcurrentStreams(limit=1))
+    rid = [("x-request-id", "r-1")]
+    h.send(h.ff.request(1, path="/delay/100", extra=[("x-request-id", "r-0")])
+           + h.ff.request(3, path="/echo", extra=rid))
+    h.advance(0.1)
+    assert complete(h.send(h.ff.request(5, path="/echo", extra=rid)), 5)
+    h.send(h.ff.request(7, path="/echo"))  # no id: not counted
+    assert h.ledger.attempts() == {"r-0": 1, "r-1": 2}
+    assert h.ledger.summary()["attempts"] == 3

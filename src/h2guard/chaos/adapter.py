@@ -319,6 +319,9 @@ class H2Adapter(asyncio.Protocol):
                                         struct.pack("ii", 1, 0))
             transport.abort()
             return
+        if how == "close":  # asyncio flushes what is queued, sends close_notify, then FIN
+            transport.close()
+            return
         # A lingering close, as nginx does: closing a socket with unread input makes the
         # kernel send a TCP RST, which destroys responses still in our send buffer (streams
         # the GOAWAY promised to finish). So: send FIN after what is queued, discard what the

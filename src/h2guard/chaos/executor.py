@@ -99,10 +99,13 @@ class Action:
 @dataclass(frozen=True, slots=True)
 class Close(Action):
     """End the connection. ``fin``: write what is queued, half-close, discard input a while
-    (a lingering close, so queued responses are not destroyed by a TCP RST); ``rst``: TCP RST
-    now (SO_LINGER 0); ``abort``: drop it now (a peer that does not read)."""
+    (a lingering close, so queued responses are not destroyed by a TCP RST: how a server ends
+    a connection after GOAWAY); ``close``: write what is queued and close now, TLS
+    close_notify and FIN, no linger (a load balancer timing out a connection: the client learns
+    at once, and what it sends afterwards is lost); ``rst``: TCP RST now (SO_LINGER 0);
+    ``abort``: drop it now (a peer that does not read)."""
 
-    how: Literal["fin", "rst", "abort"] = "fin"
+    how: Literal["fin", "close", "rst", "abort"] = "fin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,17 +167,28 @@ class ExecutorContext:
     """What a connection needs of its server, passed in (the executor imports no server).
 
     ``app`` answers a complete request (unused in proxy mode); ``emit`` records an event;
-    ``count_fault`` and ``count_request`` keep the server's totals."""
+    ``count_fault`` and ``count_request`` keep the server's totals; ``count_request`` and
+    ``count_attempt`` (a stream refused before it became a request) take the ``x-request-id``,
+    so the ledger can tell how many attempts one logical request took."""
 
     faults: FaultSet
     app: Callable[[Request], Response | Deferred]
     emit: Callable[..., Any]
     count_fault: Callable[[str, str], None]
-    count_request: Callable[[], None]
+    count_request: Callable[[str | None], None]
+    count_attempt: Callable[[str | None], None]
     limits: Limits
     proxy: bool = False
     max_header_list_size: int = 65536
     validate_headers: bool = True
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The ``x-request-id`` header of a request, if any (the ledger counts attempts by it)."""
+    for key, value in headers:
+        if key == b"x-request-id":
+            return value.decode("latin-1")
+    return None
 
 
 def _credit(sent: int) -> int:
@@ -652,18 +666,19 @@ class Executor:
             # read in the same batch as the stream whose fault sent the GOAWAY: the core
             # accepted it before the GOAWAY existed, but it must not reach the app
             core.reset_stream(ev.stream_id, _REFUSED_STREAM)
-            self._on_refused(StreamRefused(ev.stream_id, "after_goaway"))
+            self._on_refused(StreamRefused(ev.stream_id, "after_goaway", ev.headers))
             return
         self.requests += 1
-        self.ctx.count_request()
         method = path = ""
+        rid: str | None = None
         for key, value in ev.headers:
             if key == b":method":
                 method = value.decode("latin-1")
             elif key == b":path":
                 path = value.decode("latin-1")
-            elif key[:1] != b":":
-                break
+            elif key == b"x-request-id":
+                rid = value.decode("latin-1")
+        self.ctx.count_request(rid)
         info = StreamInfo(self.cid, ev.stream_id, method, path, ev.headers, self.requests,
                           self.now - self.opened)
         st = _Stream(ev.stream_id, method, path, ev.headers, info)
@@ -718,6 +733,7 @@ class Executor:
     def _on_refused(self, ev: StreamRefused) -> None:
         core = self.core
         assert core is not None
+        self.ctx.count_attempt(request_id_of(ev.headers))
         kind = "max_concurrent_streams" if ev.reason == "stream_limit" else "goaway"
         self.ctx.emit("chaos.fault", connection=self.cid, stream=ev.stream_id,
                       kind=kind, code="REFUSED_STREAM", moment="request_headers",
@@ -1353,8 +1369,10 @@ class Executor:
             self._close("fin")
         elif action == "blackhole":
             self._blackhole()
-        else:
-            self._close(action)
+        elif action == "fin":
+            self._close("close")
+        else:  # "rst", or "goaway" on a connection without a core: nothing to say, just go
+            self._close("rst" if action == "rst" else "close")
 
     def _blackhole(self) -> None:
         """Stop reading and answering; never close (until the server stops)."""
@@ -1441,12 +1459,11 @@ class Executor:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _close(self, how: str = "fin") -> None:
+    def _close(self, how: Literal["fin", "close", "rst", "abort"] = "fin") -> None:
         if self.closing:
             return
         self.closing = True
-        self._actions.append(Close("rst" if how == "rst" else "abort" if how == "abort"
-                                   else "fin"))
+        self._actions.append(Close(how))
 
     def _maybe_finish(self) -> None:
         """After the final GOAWAY, close once the last stream at or below its id ended."""

@@ -20,6 +20,7 @@ import h11
 
 from h2guard.chaos.app import Body, Deferred, Request, Response
 from h2guard.chaos.executor import MAX_REQUEST_BODY
+from h2guard.chaos.executor import request_id_of as _request_id
 
 __all__ = ["H1Protocol"]
 
@@ -39,7 +40,7 @@ class H1Hooks(Protocol):
     @property
     def buffer_limit(self) -> int: ...
 
-    def count_request(self) -> None: ...
+    def count_request(self, request_id: str | None = None) -> None: ...
     def count_fault(self, kind: str, code: str) -> None: ...
     def track(self, conn: object, alive: bool) -> None: ...
     def upstream_session(self) -> Any: ...
@@ -197,7 +198,7 @@ class H1Protocol(asyncio.Protocol):
         req = self.request
         assert req is not None
         headers = [(bytes(k).lower(), bytes(v)) for k, v in req.headers]
-        self.hooks.count_request()
+        self.hooks.count_request(_request_id(headers))
         request = Request(req.method.decode("latin-1"), req.target.decode("latin-1"), headers,
                           b"".join(self.body), 0, self.cid, "1.1")
         self.busy = True
@@ -260,8 +261,8 @@ class H1Protocol(asyncio.Protocol):
     def _forward(self, req: h11.Request) -> None:
         if self.session is None:
             self.session = self.hooks.upstream_session()
-        self.hooks.count_request()
         headers = [(bytes(k).lower(), bytes(v)) for k, v in req.headers]
+        self.hooks.count_request(_request_id(headers))
         peer = self.transport.get_extra_info("peername") if self.transport else None
         end = not any(k in (b"content-length", b"transfer-encoding") for k, _ in headers) or \
             any(k == b"content-length" and v.strip() == b"0" for k, v in headers)

@@ -16,6 +16,8 @@ from typing import Any
 
 __all__ = ["Effect", "Ledger"]
 
+_MAX_IDS = 1_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class Effect:
@@ -37,6 +39,7 @@ class Ledger:
         self._effects: list[Effect] = []
         self._by_key: dict[str, int] = {}
         self._by_request: dict[str, int] = {}
+        self._arrivals: dict[str, int] = {}
         self._seq = itertools.count(1)
         self._max = max_effects
         self.total = 0
@@ -57,9 +60,27 @@ class Ledger:
                 self._by_request[request_id] = self._by_request.get(request_id, 0) + 1
             return effect
 
+    def arrived(self, request_id: str) -> None:
+        """One attempt of a logical request reached the server (any method, refused or not):
+        how the bench tells the attempts a client made without asking the client."""
+        with self._lock:
+            if request_id in self._arrivals or len(self._arrivals) < _MAX_IDS:
+                self._arrivals[request_id] = self._arrivals.get(request_id, 0) + 1
+
+    def attempts(self) -> dict[str, int]:
+        """Attempts per ``x-request-id`` (at most 1,000,000 ids are tracked)."""
+        with self._lock:
+            return dict(self._arrivals)
+
+    def effects_per_request(self) -> dict[str, int]:
+        """Effects (``POST /orders`` runs) per ``x-request-id``."""
+        with self._lock:
+            return dict(self._by_request)
+
     def reset(self) -> None:
         """Forget everything (the control API's ``DELETE /ledger``)."""
         with self._lock:
+            self._arrivals.clear()
             self._effects.clear()
             self._by_key.clear()
             self._by_request.clear()
@@ -95,6 +116,8 @@ class Ledger:
                 "request_ids": len(self._by_request),
                 "duplicate_request_ids": dup_reqs,
                 "duplicate_request_effects": sum(n - 1 for n in dup_reqs.values()),
+                "attempts": sum(self._arrivals.values()),
+                "attempted_request_ids": len(self._arrivals),
             }
             if with_effects:
                 out["effects"] = [asdict(e) for e in self._effects]

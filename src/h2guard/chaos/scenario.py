@@ -166,6 +166,7 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "load_scenario",
+    "parse_duration",
     "parse_fault",
     "parse_scenario",
     "profile_names",
@@ -392,6 +393,13 @@ def _fraction(value: object, path: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise _fail(path, f"must be between 0 and 1, got {_show(value)}")
     return number
+
+
+def parse_duration(value: object, path: str) -> float:
+    """A duration as a scenario file writes it (``2``, ``0.5``, ``"250ms"``, ``"1m30s"``), in
+    seconds; :class:`ScenarioError` naming ``path`` otherwise. Other files that embed
+    scenario-style settings (the bench's ``[bench]`` table) use it to read the same way."""
+    return _duration(value, path)
 
 
 def _duration(value: object, path: str, *, positive: bool = False) -> float:

@@ -79,6 +79,7 @@ class ChaosServer:
         self._context = ExecutorContext(
             faults=self.faults, app=self.app, emit=self.events.emit,
             count_fault=self.count_fault, count_request=self.count_request,
+            count_attempt=self.count_attempt,
             limits=self.scenario.limits, proxy=self.upstream is not None,
             max_header_list_size=cfg.max_header_list_size,
             validate_headers=cfg.validate_headers)
@@ -180,9 +181,16 @@ class ChaosServer:
         key = (kind, code)
         self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
 
-    def count_request(self) -> None:
-        """One more request, any protocol."""
+    def count_request(self, request_id: str | None = None) -> None:
+        """One more request, any protocol; its ``x-request-id`` counts as one attempt."""
         self.requests += 1
+        if request_id is not None:
+            self.ledger.arrived(request_id)
+
+    def count_attempt(self, request_id: str | None) -> None:
+        """A stream refused before it became a request: an attempt all the same."""
+        if request_id is not None:
+            self.ledger.arrived(request_id)
 
     def context(self) -> ExecutorContext:
         """What each HTTP/2 connection's executor gets of this server."""

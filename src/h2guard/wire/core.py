@@ -654,7 +654,7 @@ class H2Core:
                     refusal = self._refusal(sid)
                     if refusal is not None:
                         self._reset_quietly(sid, _REFUSED)
-                        out.append(StreamRefused(sid, refusal))
+                        out.append(StreamRefused(sid, refusal, ev.headers))
                         continue
                 self.requests_seen += 1
                 ended = ev.stream_ended is not None

@@ -7,7 +7,7 @@ streams the core refused itself, and a connection-level failure record instead o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "ConnectionFailed",
@@ -90,10 +90,12 @@ class StreamRefused:
     """Server role: the core refused a new stream with RST_STREAM REFUSED_STREAM.
 
     ``reason`` is ``"stream_limit"`` (over the advertised SETTINGS_MAX_CONCURRENT_STREAMS) or
-    ``"after_goaway"`` (its id is above the last_stream_id of a GOAWAY already sent)."""
+    ``"after_goaway"`` (its id is above the last_stream_id of a GOAWAY already sent).
+    ``headers`` are the refused request's headers (a server counts attempts by them)."""
 
     stream_id: int
     reason: str
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""h2guard bench: the resilience scoreboard (clients x failure scenarios, measured and drawn)."""
