@@ -113,8 +113,7 @@ def cell(*, client: str, scenario: str, plan: Sequence[Sequence[BenchRequest]],
             ok_latency.append(latency)
             continue
         failed_latency.append(latency)
-        text = str(error) if error is not None else f"HTTP {status}"
-        label = normalise_error(text)
+        label = normalise_error(str(error)) if error is not None else f"HTTP {status}"
         errors[label] += 1
         if len(error_marks) < _MAX_MARKS:
             error_marks.append([round(end - started, 4), label])

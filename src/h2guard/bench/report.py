@@ -111,14 +111,18 @@ def verdict(result: Mapping[str, Any]) -> str:
             continue
         if failed:
             worst = sorted((c for c in mine if c["failed"]), key=lambda c: c["success_rate"])
-            places = ", ".join(f"{c['scenario']} {c['success_rate'] * 100:.0f}%"
-                               for c in worst[:4])
-            more = f" and {len(worst) - 4} more" if len(worst) > 4 else ""
-            lead = worst[0]["errors"][0]["text"] if worst[0]["errors"] else ""
-            if len(lead) > 90:
-                lead = lead[:87] + "..."
+            places = ", ".join(f"{c['scenario']} {_pct(float(c['success_rate']))}"
+                               for c in worst[:3])
+            more = f" and {len(worst) - 3} more" if len(worst) > 3 else ""
+            seen: dict[str, int] = {}
+            for c in mine:
+                for e in c.get("errors") or []:
+                    seen[e["text"]] = seen.get(e["text"], 0) + int(e["count"])
+            lead = max(seen, key=lambda k: seen[k]) if seen else ""
+            if len(lead) > 80:
+                lead = lead[:77] + "..."
             lossy.append((failed, f"{name} lost {failed} of {total} ({places}{more}"
-                                  + (f"; first error: \"{lead}\")" if lead else ")")))
+                                  + (f"; mostly \"{lead}\")" if lead else ")")))
         if dups:
             n = sum(d for _, d in dups)
             dup_notes.append(f"{name} {n} ({', '.join(s for s, _ in dups)})")
