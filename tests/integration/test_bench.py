@@ -91,8 +91,8 @@ def test_the_command_writes_json_and_html(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads((tmp_path / "r" / "b.json").read_text())
     assert {c["client"] for c in doc["cells"]} == {"h2guard", "httpx-naive-retry"}
-    assert doc["verdict"] and doc["verdict"] in " ".join(out.stdout.split()) or \
-        "h2guard was clean" in out.stdout
+    assert doc["verdict"].startswith("h2guard was clean")
+    assert doc["verdict"][:60] in " ".join(out.stdout.split())  # the verdict is printed
     html = (tmp_path / "b.html").read_text()
     assert 'id="scoreboard"' in html and "HTML report:" in out.stdout
 

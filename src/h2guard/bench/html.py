@@ -562,6 +562,13 @@ def _board(report: _Report) -> str:
 # Per scenario
 
 
+def _bytes(size: float) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size:.0f} B"
+
+
 def _workload(workload: Mapping[str, Any]) -> str:
     bits = []
     requests = _num(workload.get("requests"))
@@ -579,7 +586,18 @@ def _workload(workload: Mapping[str, Any]) -> str:
         gap = _num(workload.get("gap_s"))
         gap_text = f", {gap:g} s apart" if gap is not None and waves > 1 else ""
         bits.append(f"{waves:.0f} wave{'' if waves == 1 else 's'}{gap_text}")
-    known = {"requests", "methods", "concurrency", "waves", "gap_s"}
+    mix = workload.get("mix")
+    if isinstance(mix, list) and mix:
+        kinds = []
+        for entry in mix:
+            m = _map(entry)
+            size = _num(m.get("body_size"))
+            body = f" with {_bytes(size)} body" if size else ""
+            weight = _num(m.get("weight"))
+            share = f" x{weight:.0f}" if weight is not None and weight != 1 else ""
+            kinds.append(f"{_text(m.get('method'))} {_text(m.get('path'))}{body}{share}")
+        bits.append("mix: " + ", ".join(kinds))
+    known = {"requests", "methods", "concurrency", "waves", "gap_s", "mix"}
     bits.extend(f"{_text(k)} {_text(v)}" for k, v in workload.items() if k not in known)
     return " · ".join(bits) if bits else "not described"
 

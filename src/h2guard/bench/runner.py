@@ -144,7 +144,7 @@ async def run_bench(*, scenarios: Sequence[BenchScenario], clients: Sequence[str
     if hooks.clients_ready is not None:
         hooks.clients_ready(infos)
     available = [i.name for i in infos if i.available]
-    per_request = timeout_s if timeout_s is not None else (3.0 if quick else 10.0)
+    default_timeout = 3.0 if quick else 10.0
     cells: list[dict[str, Any]] = []
     host = HostProcess()
     await host.start()
@@ -152,6 +152,8 @@ async def run_bench(*, scenarios: Sequence[BenchScenario], clients: Sequence[str
         for sc in scenarios:
             work = sc.workload(quick=quick)
             plan = work.plan()
+            per_request = timeout_s if timeout_s is not None else max(default_timeout,
+                                                                      sc.timeout or 0.0)
             spec_waves = [[r.to_json() for r in wave] for wave in plan]
             for name in available:
                 started_at = await host.command(

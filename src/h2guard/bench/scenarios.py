@@ -125,6 +125,9 @@ class BenchScenario:
     small: Workload
     origin: str = ""
     tags: tuple[str, ...] = field(default=())
+    timeout: float | None = None
+    """The least per-request timeout that lets a correct client through (a black hole is
+    found by a PING timeout, which takes seconds); ``--timeout`` overrides it."""
 
     def workload(self, *, quick: bool) -> Workload:
         return self.small if quick else self.full
@@ -132,7 +135,7 @@ class BenchScenario:
     def to_json(self, *, quick: bool) -> dict[str, object]:
         return {"name": self.name, "title": self.title, "description": self.description,
                 "source": self.source, "kind": self.kind, "time_scale": self.time_scale,
-                "workload": self.workload(quick=quick).to_json()}
+                "timeout_s": self.timeout, "workload": self.workload(quick=quick).to_json()}
 
 
 class _Reader:
@@ -200,7 +203,7 @@ class _Reader:
 
 
 _BENCH_KEYS = {"title", "quick", "time_scale", "requests", "quick_requests", "concurrency",
-               "quick_concurrency", "waves", "gap", "mix", "tags"}
+               "quick_concurrency", "waves", "gap", "mix", "tags", "timeout"}
 
 
 def load_bench_scenario(text: str, *, origin: str) -> BenchScenario:
@@ -239,7 +242,8 @@ def load_bench_scenario(text: str, *, origin: str) -> BenchScenario:
         full=Workload(requests, concurrency, waves, gap, mix),
         small=Workload(quick_requests, r.whole("quick_concurrency", concurrency, high=1000),
                        waves, gap, mix),
-        origin=origin, tags=tuple(tags))
+        origin=origin, tags=tuple(tags),
+        timeout=r.seconds("timeout", 0.0) or None)
 
 
 _MIDDLEBOX_MIX = (Mix("POST", "/orders", 64, 1), Mix("GET", "/echo", 0, 1))

@@ -370,6 +370,9 @@ class Connection(asyncio.Protocol):
             self.ready.set_result(None)
         if self.ping_waiter is not None and not self.ping_waiter.done():
             self.ping_waiter.set_exception(ConnectionError(detail))
+            # mark it retrieved: a PING whose wait timed out (shielded) has no reader left,
+            # and asyncio would log "Future exception was never retrieved"
+            self.ping_waiter.exception()
         for sid, st in list(self.streams.items()):
             st.fail(Failure(kind, "maybe", code, sid, self.core.goaway_received, self.origin,
                             detail))
