@@ -9,6 +9,10 @@ declare -A need=(
   [nginx]=nginx-light
   [haproxy]=haproxy
   [redis-server]=redis-server   # tests/idempotency: RedisStore against a real server
+  [go]=golang-go                # h2guard bench: the Go net/http driver (built with go build)
+  [javac]=default-jdk-headless  # h2guard bench: the java.net.http and OkHttp drivers (javac, java)
+  [node]=nodejs                 # h2guard bench: the Node.js http2 driver
+  [chromium]=chromium           # h2guard bench: the HTML report test renders it headless
 )
 missing=()
 for bin in "${!need[@]}"; do
@@ -20,8 +24,13 @@ done
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   missing+=(postgresql)
 fi
+# h2guard bench: the OkHttp driver compiles against Debian's jars (okhttp.jar needs okio.jar)
+if [ ! -f /usr/share/java/okhttp.jar ] || [ ! -f /usr/share/java/okio.jar ]; then
+  missing+=(libokhttp-java)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "peers: all present (curl, nghttp, h2load, nginx, haproxy, redis-server, postgresql)"
+  echo "peers: all present (curl, nghttp, h2load, nginx, haproxy, redis-server, postgresql," \
+       "go, javac, node, libokhttp-java, chromium)"
   exit 0
 fi
 pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
