@@ -111,7 +111,9 @@ def register(app: typer.Typer) -> None:
         state: dict[str, Any] = {"available": 0}
 
         def preparing(name: str) -> None:
-            console.print(f"[dim]preparing {name}...[/]", end="\r")
+            if console.is_terminal:
+                console.print(f"[dim]preparing {name}... (a driver builds on first use)[/]",
+                              end="\r")
 
         def clients_ready(infos: list[Any]) -> None:
             nonlocal overall, total_cells

@@ -49,11 +49,14 @@ def render_table(result: Mapping[str, Any]) -> Table:
     """Rows are clients, columns scenarios; each cell the success rate, then ``Nx2`` when N
     logical POSTs were applied more than once."""
     table = Table(title="h2guard bench: success rate (and POSTs written twice)",
-                  title_justify="left", header_style="bold", show_lines=False)
+                  title_justify="left", header_style="bold", show_lines=False,
+                  padding=(0, 0 if len(result.get("scenarios", [])) > 5 else 1))
     table.add_column("client", no_wrap=True)
     scenarios = [s["name"] for s in result.get("scenarios", [])]
-    for name in scenarios:
-        table.add_column(name, justify="center")
+    for name in scenarios:  # "request-cap" -> "request\ncap": 80 columns hold 6 scenarios
+        words = name.split("-")
+        table.add_column("\n".join(words), justify="center",
+                         min_width=min(9, max(len(w) for w in words)))
     table.add_column("all", justify="right")
     cells = _cells_by(result)
     for client in result.get("clients", []):
