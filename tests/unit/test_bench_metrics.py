@@ -82,6 +82,16 @@ def test_error_texts_are_grouped_without_their_ids(raw: str, normal: str) -> Non
     assert len(normalise_error("x" * 500)) == 160
 
 
+def test_why_h2guard_gave_up_survives_the_shortening() -> None:
+    text = ("StreamResetError: The server refused the stream (stream 31) with REFUSED_STREAM "
+            "before processing it; it is safe to resend on another connection, for any method. "
+            "Not retried: the retry budget for https://127.0.0.1:4431 is spent (retries may "
+            "add at most 10% to the load): the server looks overloaded.")
+    short = normalise_error(text)
+    assert len(short) <= 160 and short.startswith("StreamResetError: The server refused")
+    assert " Not retried: the retry budget for https://ADDR is spent" in short
+
+
 def test_percentile() -> None:
     assert percentile([], 0.5) is None
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0

@@ -48,7 +48,13 @@ def normalise_error(text: str) -> str:
     text = _IDS.sub(lambda m: m.group(1) + "N", text)
     text = _HEX.sub("0xN", text)
     text = _NUMBER.sub("N", text)
-    return text if len(text) <= 160 else text[:157] + "..."
+    if len(text) <= 160:
+        return text
+    head, sep, why = text.partition(" Not retried: ")
+    if sep:  # h2guard says why it gave up at the end: keep that part
+        why = why if len(why) <= 76 else why[:73] + "..."
+        return head[:160 - len(sep) - len(why) - 3] + "..." + sep + why
+    return text[:157] + "..."
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
