@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
             "--client", "-c", help=_CLIENT_HELP, show_default=False)] = None,
         scenario_file: Annotated[list[Path] | None, typer.Option(
             "--scenario-file", help="Also run a bench scenario file of your own: a chaos "
-                                    "scenario with a [bench] table (see docs/bench.md).",
+                                    "scenario with a \\[bench] table (see docs/bench.md).",
             show_default=False)] = None,
         json_path: Annotated[Path | None, typer.Option(
             "--json", help="Write the result document (h2guard.bench/1) here.",
@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
         request and throughput. Clients: h2guard, httpx, httpx with a blind retry, niquests,
         and (when installed) Go net/http, Java HttpClient, OkHttp, Node http2 and curl, run
         as driver programs. `make peers` installs the runtimes.
+
+        Examples: `h2guard bench --quick --html report.html` (what `make demo` runs);
+        `h2guard bench -s stream-limit -c java -c h2guard`; `h2guard bench --list`.
         """
         from h2guard.bench.report import print_summary, verdict, write_json
         from h2guard.bench.runner import BenchError, BenchHooks, run_bench
