@@ -78,6 +78,10 @@ class Failure:
     detail: str = ""
     attempts: int = 1
     extra: dict[str, object] = field(default_factory=dict)
+    trace: tuple[str, ...] = field(default=(), compare=False)
+    """The flight recorder: the last frames sent and received on the connection, one line
+    each (relative time, direction, type, stream, flags, codes by name), oldest first; empty
+    when the recorder is off or the failure is not about a connection."""
 
     @property
     def code_name(self) -> str | None:
@@ -129,7 +133,12 @@ class Failure:
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "processed": self.processed, "code": self.code_name,
                 "stream_id": self.stream_id, "last_stream_id": self.last_stream_id,
-                "origin": self.origin, "detail": self.detail, "attempts": self.attempts}
+                "origin": self.origin, "detail": self.detail, "attempts": self.attempts,
+                "trace": list(self.trace)}
+
+    def to_dict(self) -> dict[str, object]:
+        """Everything, for logs and bug reports: :meth:`to_json` plus ``extra``."""
+        return {**self.to_json(), "extra": dict(self.extra)}
 
 
 class _Carrier:
