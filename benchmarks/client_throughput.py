@@ -49,10 +49,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-CLIENTS = ("httpx", "niquests", "bare", "h2guard")
+CLIENTS = ("httpx", "niquests", "bare", "h2guard", "h2guard-norec")
+# h2guard-norec: h2guard with its flight recorder off (flight_recorder=0), so the recorder's
+# cost shows as the ratio h2guard/h2guard-norec (target: 1.0, no regression)
 PATH = "/bytes/16"
 BODY_LEN = 16
-TARGETS = {"h2guard/httpx": 3.0, "h2guard/niquests": 2.0, "h2guard/bare": 0.5}
+TARGETS = {"h2guard/httpx": 3.0, "h2guard/niquests": 2.0, "h2guard/bare": 0.5,
+           "h2guard/h2guard-norec": 0.97}
 # Measured on the project's machines (docs/facts.md §7 and the issue), for context only.
 REFERENCE = {"nginx_h2c_req_per_s": {"httpx": 1100, "niquests": 1600, "bare": 6500,
                                      "h2load": 160000}}
@@ -190,7 +193,7 @@ class _BareH2Client(asyncio.Protocol):
 @contextlib.asynccontextmanager
 async def _client(name: str, base: str, concurrency: int) -> Any:
     """Yield ``get(path) -> (status, body length, http version)`` for one client."""
-    if name in ("httpx", "h2guard"):
+    if name in ("httpx", "h2guard", "h2guard-norec"):
         import httpx
 
         if name == "httpx":
@@ -201,7 +204,8 @@ async def _client(name: str, base: str, concurrency: int) -> Any:
                 import h2guard
 
                 transport = h2guard.AsyncHTTPTransport(
-                    http2_prior_knowledge=True)
+                    http2_prior_knowledge=True,
+                    flight_recorder=0 if name == "h2guard-norec" else 32)
             except (ImportError, AttributeError) as exc:
                 raise _Unavailable(f"h2guard.AsyncHTTPTransport is not available: "
                                    f"{type(exc).__name__}: {exc}") from exc

@@ -6,19 +6,37 @@ the server may have processed the request (``processed``: ``no`` / ``maybe`` / `
 retry policy, the metrics, the doctor and the bench all read the same record.
 
 Exceptions are httpx's own types, so ``except httpx.TransportError`` keeps working; each one
-raised by h2guard carries its record as ``exc.failure``::
+raised by h2guard carries its record as ``exc.failure``. Every ``FailureKind`` has exactly one
+type (``attach`` builds it); the tree, with the kinds each type is raised for::
 
     httpx.TransportError
-     ├── httpx.ConnectError       H2ConnectError       connect or TLS failed before HEADERS
+     ├── httpx.NetworkError
+     │    ├── httpx.ConnectError
+     │    │    └── H2ConnectError          connect: TCP, TLS, ALPN or preface failed
+     │    └── httpx.WriteError
+     │         └── H2WriteError            write: the request body could not be written
      ├── httpx.TimeoutException
-     │    └── httpx.PoolTimeout   H2PoolTimeout        no stream slot within the pool timeout
-     │    └── httpx.ReadTimeout   H2ReadTimeout        no response (or PING answer) in time
+     │    ├── httpx.PoolTimeout
+     │    │    └── H2PoolTimeout           pool_timeout: no stream slot in time
+     │    ├── httpx.ReadTimeout
+     │    │    └── H2ReadTimeout           timeout, ping_timeout: no response or PING answer
+     │    └── DeadlineExceeded             deadline: the overall deadline passed
      ├── httpx.ProtocolError
      │    └── httpx.RemoteProtocolError
-     │         ├── StreamResetError                    RST_STREAM (any code)
-     │         ├── GoAwayError                         GOAWAY ended the stream
-     │         └── ConnectionLostError                 EOF / TCP reset mid-request
-     └── httpx.WriteError          H2WriteError        the body could not be written
+     │         ├── StreamResetError        refused_stream, stream_reset, http_1_1_required
+     │         ├── GoAwayError             goaway_unprocessed, goaway: GOAWAY ended the stream
+     │         ├── ConnectionLostError     connection_lost: EOF / TCP reset mid-request
+     │         ├── H2ProtocolError         protocol, not_http2: HTTP/2 broken or not spoken
+     │         └── BodyNotReplayableError  body_not_replayable: safe to resend, but one-shot
+     └── RetryBudgetExhausted              retry_budget: no retry, to spare the server
+
+:class:`h2guard.RetryTransport`, giving up, keeps the type of the attempt that failed last,
+so ``except httpx.ReadTimeout`` still catches a timeout it stopped retrying for lack of budget
+or time; ``exc.failure.kind`` then says why (``retry_budget``, ``deadline``,
+``body_not_replayable``) and ``exc.failure.extra["cause"]`` what failed. The kind's own type
+is for a record with no exception behind it (the transport's BodyNotReplayableError).
+Requests h2guard delegates to httpx's own HTTP/1.1 transport raise httpx's exceptions as they
+are.
 """
 
 from __future__ import annotations
@@ -31,15 +49,19 @@ import httpx
 from h2guard.codes import code_name, error_code
 
 __all__ = [
+    "BodyNotReplayableError",
     "ConnectionLostError",
+    "DeadlineExceeded",
     "Failure",
     "FailureKind",
     "GoAwayError",
     "H2ConnectError",
     "H2PoolTimeout",
+    "H2ProtocolError",
     "H2ReadTimeout",
     "H2WriteError",
     "Processed",
+    "RetryBudgetExhausted",
     "StreamResetError",
     "attach",
     "failure_of",
@@ -59,6 +81,7 @@ FailureKind = Literal[
     "pool_timeout",        # no stream slot in time
     "write",               # the request body could not be sent
     "protocol",            # a protocol violation detected locally
+    "not_http2",           # the server answered the HTTP/2 preface with text (HTTP/1.x)
     "body_not_replayable",  # a retry needed the body again and it was a one-shot stream
     "retry_budget",        # the retry budget was exhausted
     "deadline",            # the overall deadline passed
@@ -99,6 +122,11 @@ class Failure:
         if self.kind == "refused_stream":
             return (f"The server refused the stream{where} with REFUSED_STREAM before processing "
                     "it; it is safe to send again on another connection.")
+        if self.kind == "goaway_unprocessed" and self.processed != "no":
+            return (f"The server sent GOAWAY with last_stream_id={self.last_stream_id}, above "
+                    f"which this request{where} was not processed by the RFC's rules; but "
+                    f"{self.detail or 'this client does not trust that'}. Only an idempotent "
+                    "request or one with an Idempotency-Key can be sent again.")
         if self.kind == "goaway_unprocessed":
             return (f"The server sent GOAWAY with last_stream_id={self.last_stream_id}, above "
                     f"which this request{where} was never processed; it is safe to send again.")
@@ -173,26 +201,51 @@ class H2WriteError(httpx.WriteError, _Carrier):
     """The request body could not be written."""
 
 
-_TYPES: dict[str, type[httpx.TransportError]] = {
+class H2ProtocolError(httpx.RemoteProtocolError, _Carrier):
+    """The server broke the HTTP/2 protocol, or does not speak HTTP/2 at all (it answered the
+    preface in HTTP/1.x: ``http2_prior_knowledge`` against an HTTP/1.1 server)."""
+
+
+class BodyNotReplayableError(httpx.RemoteProtocolError, _Carrier):
+    """The request was provably not processed and would have been sent again, but its body
+    is a one-shot stream that was already (partly) read: pass bytes to make it replayable."""
+
+
+class DeadlineExceeded(httpx.TimeoutException, _Carrier):
+    """The overall deadline of a logical request (all attempts together) passed."""
+
+
+class RetryBudgetExhausted(httpx.TransportError, _Carrier):
+    """Not retried: the origin's retry budget is spent (the server looks overloaded)."""
+
+
+_TYPES: dict[FailureKind, type[httpx.TransportError]] = {
     "refused_stream": StreamResetError,
     "stream_reset": StreamResetError,
     "http_1_1_required": StreamResetError,
     "goaway_unprocessed": GoAwayError,
     "goaway": GoAwayError,
     "connection_lost": ConnectionLostError,
-    "protocol": ConnectionLostError,
+    "protocol": H2ProtocolError,
+    "not_http2": H2ProtocolError,
     "connect": H2ConnectError,
     "pool_timeout": H2PoolTimeout,
     "timeout": H2ReadTimeout,
     "ping_timeout": H2ReadTimeout,
     "write": H2WriteError,
+    "body_not_replayable": BodyNotReplayableError,
+    "retry_budget": RetryBudgetExhausted,
+    "deadline": DeadlineExceeded,
 }
+"""The exception type of each kind: total (tests/unit/test_errors_tree.py checks it, and that
+the tree in the module docstring is the real class hierarchy)."""
 
 
 def attach(failure: Failure, *, request: httpx.Request | None = None,
            cls: type[httpx.TransportError] | None = None,
            message: str | None = None) -> httpx.TransportError:
-    """Build the httpx exception for a failure, with the record on ``.failure``."""
+    """Build the httpx exception for a failure, with the record on ``.failure``: of ``cls``
+    if given, else of the kind's type (the module docstring's tree)."""
     exc_type = cls or _TYPES.get(failure.kind, ConnectionLostError)
     message = message or failure.explain()
     exc = exc_type(message, request=request) if request is not None else exc_type(message)

@@ -998,7 +998,8 @@ async def test_goaway_process_above_still_runs_the_app_for_streams_above_the_id(
 
 async def test_goaway_process_above_makes_a_trusting_client_write_twice() -> None:
     """What the fault is for: a client that resends the streams a GOAWAY called unprocessed
-    (as RFC 9113 allows, and h2guard's transport does) duplicates POSTs on such a server."""
+    (as RFC 9113 allows; h2guard with trust_goaway=True) duplicates POSTs on such a server.
+    (tests/integration/test_goaway_trust.py: the default learns not to.)"""
     import httpx
 
     import h2guard
@@ -1007,7 +1008,8 @@ async def test_goaway_process_above_makes_a_trusting_client_write_twice() -> Non
                    when=Trigger(path="/orders", every_nth_stream=4))
     async with chaos(fault) as server:
         async with httpx.AsyncClient(
-                transport=h2guard.AsyncHTTPTransport(http2_prior_knowledge=True),
+                transport=h2guard.AsyncHTTPTransport(http2_prior_knowledge=True,
+                                                     trust_goaway=True),
                 base_url=server.url, timeout=5) as client:
             results = await asyncio.gather(*(
                 client.post("/orders", content=b"{}", headers={"x-request-id": f"r{i}"})

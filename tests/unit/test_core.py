@@ -282,3 +282,44 @@ def _frames(data: bytes, ftype: int) -> list[tuple[int, bytes]]:
             out.append((sid, data[pos + 9 : pos + 9 + length]))
         pos += 9 + length
     return out
+
+
+def test_a_response_above_the_peers_goaway_is_reported_as_a_violation() -> None:
+    """A server that answers a stream its own GOAWAY called unprocessed did process it: the
+    client core says so once (GoAwayViolated), acknowledges the DATA, and delivers nothing."""
+    from h2guard.wire.events import GoAwayViolated
+
+    p = Pair()
+    first = p.request()
+    second = p.request()
+    p.pump()
+    p.server.goaway(code=0, last_stream_id=first, keep_streams=True)
+    c_events, _ = p.pump()
+    assert of(c_events, GoAwayReceived)[0].unprocessed == (second,)
+    p.respond(second, b"x" * 1000)  # the app ran it anyway (the Node.js bug)
+    p.respond(first, b"fine")
+    c_events, _ = p.pump()
+    assert of(c_events, GoAwayViolated) == [GoAwayViolated(second, first, "HEADERS")]
+    assert [e.stream_id for e in of(c_events, DataReceived)] == [first]
+    assert [e.stream_id for e in of(c_events, ResponseReceived)] == [first]
+
+
+def test_a_goaway_that_raises_last_stream_id_proves_the_moved_streams_were_run() -> None:
+    """Node.js http2: GOAWAY(last=1), then GOAWAY(last=5), and the app ran 3 and 5 without
+    answering them. The client had handed 3 and 5 back as unprocessed: both are violations."""
+    from h2guard.wire.core import goaway_frame
+    from h2guard.wire.events import GoAwayViolated
+
+    client = H2Core(client=True)
+    client.start(0.0)
+    client.data_to_send()
+    client.receive(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", 0.0)  # empty server SETTINGS
+    for _ in range(4):
+        assert client.send_headers(client.next_stream_id(), GET, end_stream=True)
+    client.data_to_send()
+    events = client.receive(goaway_frame(1, 0), 0.0)
+    assert of(events, GoAwayReceived)[0].unprocessed == (3, 5, 7)
+    events = client.receive(goaway_frame(5, 0), 0.0)
+    assert of(events, GoAwayViolated) == [GoAwayViolated(3, 1, "GOAWAY"),
+                                          GoAwayViolated(5, 1, "GOAWAY")]
+    assert client.goaway_received == 1  # the id never goes up

@@ -10,19 +10,21 @@ pool above can move safe requests elsewhere without guessing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Literal, cast
 
-from h2guard.errors import Failure, FailureKind, Processed
+from h2guard.errors import Failure, FailureKind, Processed, attach
 from h2guard.events import EventLog
 from h2guard.wire.core import H2Core
 from h2guard.wire.events import (
     ConnectionFailed,
     DataReceived,
     GoAwayReceived,
+    GoAwayViolated,
     Headers,
     PingAcked,
     ResponseReceived,
@@ -32,29 +34,95 @@ from h2guard.wire.events import (
     TrailersReceived,
     WindowUpdated,
 )
+from h2guard.wire.recorder import FlightRecorder
 
-__all__ = ["Connection", "ConnectionSettings", "StreamState"]
+__all__ = ["Connection", "ConnectionSettings", "GoAwayTrust", "StreamState", "TrustGoAway"]
+
+log = logging.getLogger("h2guard.client")
+frames_log = logging.getLogger("h2guard.frames")
+"""Every frame of every connection at DEBUG (off by default; ``H2GUARD_FRAME_LOG=1`` turns
+it on with a stderr handler, without code changes)."""
+
+
+def _frame_log_from_env() -> None:
+    if os.environ.get("H2GUARD_FRAME_LOG", "").lower() in ("1", "true", "yes", "on"):
+        frames_log.setLevel(logging.DEBUG)
+        if not frames_log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s h2guard.frames %(message)s"))
+            frames_log.addHandler(handler)
+
+
+_frame_log_from_env()
 
 _REFUSED = 0x7
 _HTTP_1_1_REQUIRED = 0xD
 _MCS = 0x3
 _SEND_SLICE = 1 << 16  # request body bytes handed to the core per call
 _BATCH = 16  # request HEADERS per write at most, when many are opened in one loop tick
+_VIOLATION_WATCH = 1.0
+"""Seconds a drained connection stays open after moving streams off it, to see whether the
+server answers one of them anyway (and so learn not to trust its GOAWAYs)."""
+
+
+TrustGoAway = bool | Literal["learn"]
+
+
+class GoAwayTrust:
+    """Whether a GOAWAY's "above last_stream_id: not processed" is believed, per origin.
+
+    RFC 9113 §6.8 says streams above last_stream_id were not processed, so they may move to a
+    new connection whatever their method. Real servers break it: a Node.js http2 app calling
+    ``session.goaway(0, stream.id)`` still runs the streams above that id, and a POST moved
+    off such a connection runs twice. ``"learn"`` (the default) believes an origin until it
+    answers a stream it had called unprocessed (the proof: it ran it), then treats that
+    origin's streams above a GOAWAY as maybe processed for the life of the transport: moved
+    only if idempotent or keyed, by the retry layer. ``True`` always believes, ``False`` never.
+    """
+
+    __slots__ = ("learned", "mode")
+
+    def __init__(self, mode: TrustGoAway = "learn") -> None:
+        if mode not in (True, False, "learn"):
+            raise ValueError(f"trust_goaway must be True, False or 'learn', got {mode!r}")
+        self.mode: TrustGoAway = mode
+        self.learned: dict[str, int] = {}  # origin -> violations seen
+
+    def trusts(self, origin: str) -> bool:
+        return self.mode is True or (self.mode == "learn" and origin not in self.learned)
+
+    def violated(self, origin: str) -> bool:
+        """Record a violation; True if this is the origin's first."""
+        first = origin not in self.learned
+        self.learned[origin] = self.learned.get(origin, 0) + 1
+        return first
+
+    def why_not(self, origin: str) -> str:
+        if self.mode is False:
+            return "trust_goaway=False: streams above a GOAWAY count as maybe processed"
+        return (f"{origin} has answered streams above its own GOAWAY's last_stream_id before "
+                "(it processes them: a Node.js-style session.goaway bug), so they count as "
+                "maybe processed")
 
 
 class ConnectionSettings:
     """Per-connection knobs, shared by every connection of a pool (see the transport)."""
 
-    __slots__ = ("connection_window", "max_header_list_size", "ping_interval", "ping_timeout",
-                 "stream_window")
+    __slots__ = ("connection_window", "flight_recorder", "goaway_trust", "max_header_list_size",
+                 "ping_interval", "ping_timeout", "stream_window")
 
     def __init__(self, *, stream_window: int, connection_window: int, ping_interval: float,
-                 ping_timeout: float, max_header_list_size: int = 65536) -> None:
+                 ping_timeout: float, max_header_list_size: int = 65536,
+                 goaway_trust: GoAwayTrust | None = None, flight_recorder: int = 32) -> None:
+        if flight_recorder < 0:
+            raise ValueError("flight_recorder is a number of frames (0 turns it off)")
+        self.flight_recorder = flight_recorder
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_header_list_size = max_header_list_size
+        self.goaway_trust = goaway_trust if goaway_trust is not None else GoAwayTrust()
 
 
 class Signal:
@@ -131,6 +199,9 @@ class Connection(asyncio.Protocol):
                            connection_window=settings.connection_window,
                            max_header_list_size=settings.max_header_list_size)
         self.core.auto_ack = False  # acknowledge DATA as the reader consumes it
+        if settings.flight_recorder:
+            self.core.recorder = FlightRecorder(settings.flight_recorder, client=True,
+                                                log=frames_log, label=origin)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, StreamState] = {}
         self.ready: asyncio.Future[None] = self.loop.create_future()
@@ -148,6 +219,8 @@ class Connection(asyncio.Protocol):
         self._ping_deadline: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.requests = 0
+        self._watch_until = 0.0
+        self._watch_timer: asyncio.TimerHandle | None = None
         self._flush_pending = False
         self._unflushed = 0
 
@@ -179,6 +252,8 @@ class Connection(asyncio.Protocol):
                     return alpn or "http/1.1"
             await conn.ready
             if conn.failure is not None:
+                if conn.failure.kind == "not_http2":  # no retry helps: raise it as it is
+                    raise attach(conn.failure)
                 raise ConnectionError(conn.failure.detail)
             return conn
 
@@ -200,6 +275,13 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
         events = self.core.receive(data, now)
+        if not self.ready.done() and data[0] and events and \
+                isinstance(events[-1], ConnectionFailed):
+            # the first frame (SETTINGS, <= 16 KiB) starts with a zero byte; text such as
+            # b"HTTP/1.1 400" does not: the server does not speak HTTP/2 (no retry will help)
+            detail = _not_http2(self.origin, data)
+            self._lost("not_http2", detail)
+            self.failure = self._failure("not_http2", "no", None, detail=detail)
         for ev in events:
             if isinstance(ev, DataReceived):
                 st = self.streams.get(ev.stream_id)
@@ -235,6 +317,8 @@ class Connection(asyncio.Protocol):
                 self._on_reset(ev)
             elif isinstance(ev, GoAwayReceived):
                 self._on_goaway(ev)
+            elif isinstance(ev, GoAwayViolated):
+                self._on_goaway_violated(ev)
             elif isinstance(ev, SettingsReceived):
                 if not self.ready.done():
                     self.ready.set_result(None)
@@ -345,19 +429,45 @@ class Connection(asyncio.Protocol):
         self.draining = True
         self._emit("client.goaway", code=ev.error_code, last_stream_id=ev.last_stream_id,
                    unprocessed=len(ev.unprocessed))
+        trust = self.cfg.goaway_trust
+        trusted = trust.trusts(self.origin)
+        processed: Processed = "no" if trusted else "maybe"
+        detail = "" if trusted else trust.why_not(self.origin)
         for sid in ev.unprocessed:
             st = self.streams.pop(sid, None)
             if st is not None:
-                st.fail(self._failure("goaway_unprocessed", "no", sid, code=ev.error_code,
-                                      last_stream_id=ev.last_stream_id))
+                st.fail(self._failure("goaway_unprocessed", processed, sid, code=ev.error_code,
+                                      last_stream_id=ev.last_stream_id, detail=detail))
+        if ev.unprocessed:
+            # a response on one of those streams would prove the server ran it: keep
+            # listening a moment after the last stream ends before closing
+            self._watch_until = self.loop.time() + _VIOLATION_WATCH
         if first:
             self.on_change(self)
         self._stream_closed()
 
+    def _on_goaway_violated(self, ev: GoAwayViolated) -> None:
+        first = self.cfg.goaway_trust.violated(self.origin)
+        self._emit("client.goaway_violation", stream=ev.stream_id,
+                   last_stream_id=ev.last_stream_id, frame=ev.frame, first=first)
+        if first:
+            proof = ("answered stream %d" if ev.frame != "GOAWAY" else
+                     "raised its GOAWAY's last_stream_id over stream %d")
+            log.warning("%s " + proof + ", which its GOAWAY (last_stream_id %d) had called "
+                        "unprocessed: it processed a request it said it had not. Streams above "
+                        "this origin's GOAWAYs now count as maybe processed (resent only if "
+                        "idempotent or keyed); trust_goaway=False sets this from the start.",
+                        self.origin, ev.stream_id, ev.last_stream_id,
+                        extra={"h2guard": {"event": "client.goaway_violation",
+                                           "origin": self.origin, "stream": ev.stream_id}})
+
     def _stream_closed(self) -> None:
-        self.last_active = self.loop.time()
+        now = self.last_active = self.loop.time()
         if self.draining and not self.streams:
-            self.close()
+            if now < self._watch_until and self._watch_timer is None and not self.closed:
+                self._watch_timer = self.loop.call_at(self._watch_until, self.close)
+            elif self._watch_timer is None:
+                self.close()
         self.on_change(self)
 
     def _lost(self, kind: FailureKind, detail: str, *, code: int | None = None) -> None:
@@ -366,6 +476,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         failure = self._failure(kind, "maybe", None, code=code, detail=detail)
         self.failure = failure
+        trace = failure.trace
         if not self.ready.done():
             self.ready.set_result(None)
         if self.ping_waiter is not None and not self.ping_waiter.done():
@@ -375,10 +486,12 @@ class Connection(asyncio.Protocol):
             self.ping_waiter.exception()
         for sid, st in list(self.streams.items()):
             st.fail(Failure(kind, "maybe", code, sid, self.core.goaway_received, self.origin,
-                            detail))
+                            detail, trace=trace))
         self.streams.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
         if self.transport is not None:
             self.transport.abort() if kind == "ping_timeout" else self.transport.close()
         self.write_ready.set()
@@ -514,7 +627,13 @@ class Connection(asyncio.Protocol):
     def _failure(self, kind: FailureKind, processed: Processed, sid: int | None, *,
                  code: int | None = None, last_stream_id: int | None = None,
                  detail: str = "") -> Failure:
-        return Failure(kind, processed, code, sid, last_stream_id, self.origin, detail)
+        return Failure(kind, processed, code, sid, last_stream_id, self.origin, detail,
+                       trace=self.trace())
+
+    def trace(self) -> tuple[str, ...]:
+        """The flight recorder's last frames (empty when it is off)."""
+        recorder = self.core.recorder
+        return recorder.lines() if recorder is not None else ()
 
     def _emit(self, name: str, **data: Any) -> None:
         if self.events is not None:
@@ -533,3 +652,14 @@ class Connection(asyncio.Protocol):
         data = self.core.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+
+def _not_http2(origin: str, data: bytes) -> str:
+    """One line for a server that answered the HTTP/2 preface with text (HTTP/1.x)."""
+    line = data.strip().splitlines()[0][:64] if data.strip() else data[:64]
+    if origin.startswith("http://"):
+        return (f"The server at {origin} does not speak HTTP/2 with prior knowledge: it "
+                f"answered {line!r} to the HTTP/2 preface; drop http2_prior_knowledge (HTTP/1.1) "
+                "or use https (HTTP/2 by ALPN)")
+    return (f"The server at {origin} chose h2 by ALPN but answered {line!r} to the HTTP/2 "
+            "preface: it does not speak HTTP/2")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import os
 import random
 import ssl
 import threading
@@ -28,7 +30,13 @@ from typing import Any
 
 import httpx
 
-from h2guard.client.connection import Connection, ConnectionSettings, StreamState
+from h2guard.client.connection import (
+    Connection,
+    ConnectionSettings,
+    GoAwayTrust,
+    StreamState,
+    TrustGoAway,
+)
 from h2guard.client.pool import OriginPool, PoolFailure, PoolSettings
 from h2guard.errors import Failure, attach
 from h2guard.events import EventLog
@@ -41,7 +49,12 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"tr
 
 
 def _ssl_context(verify: ssl.SSLContext | str | bool, cert: Any) -> ssl.SSLContext:
-    """An SSLContext offering h2 then http/1.1, trusting what ``verify`` says."""
+    """An SSLContext offering h2 then http/1.1, trusting what ``verify`` says.
+
+    As httpx 0.28 does, ``verify`` may name a CA bundle (PEM) or a directory of CAs, and ``cert``
+    a certificate file or a (certificate, key[, password]) tuple. A missing file raises
+    FileNotFoundError and one OpenSSL cannot load ssl.SSLError, as in httpx, but naming the file
+    and the option (httpx's say only "No such file or directory")."""
     if isinstance(verify, ssl.SSLContext):
         ctx = verify
     elif verify is False:
@@ -49,7 +62,17 @@ def _ssl_context(verify: ssl.SSLContext | str | bool, cert: Any) -> ssl.SSLConte
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     elif isinstance(verify, str):
-        ctx = ssl.create_default_context(cafile=verify)
+        _must_exist("verify", verify, "CA bundle")
+        folder = os.path.isdir(verify)
+        try:
+            ctx = ssl.create_default_context(cafile=None if folder else verify,
+                                             capath=verify if folder else None)
+        except ssl.SSLError as exc:
+            raise ssl.SSLError(exc.errno, f"verify={verify!r} is not a CA bundle OpenSSL can "
+                               f"load (PEM certificates): {exc}") from exc
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"verify= cannot read the CA bundle: {exc.strerror}",
+                            verify) from exc
     else:
         try:
             import certifi
@@ -58,12 +81,27 @@ def _ssl_context(verify: ssl.SSLContext | str | bool, cert: Any) -> ssl.SSLConte
         except ImportError:  # pragma: no cover
             ctx = ssl.create_default_context()
     if cert is not None:
-        if isinstance(cert, str):
-            ctx.load_cert_chain(cert)
-        else:
-            ctx.load_cert_chain(*cert)
+        files = (cert,) if isinstance(cert, str) else tuple(cert)
+        for path in files[:2]:
+            if path is not None:
+                _must_exist("cert", path, "certificate or key file")
+        try:
+            ctx.load_cert_chain(*files)
+        except ssl.SSLError as exc:
+            raise ssl.SSLError(exc.errno, f"cert={cert!r}: OpenSSL cannot load the certificate "
+                               f"and key (not PEM, or not a matching pair): {exc}"
+                               ) from exc
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"cert= cannot read {files[:2]!r}: {exc.strerror}"
+                            ) from exc
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
+
+
+def _must_exist(option: str, path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"{option}= names a {what} that does not exist",
+                                path)
 
 
 class AsyncHTTPTransport(httpx.AsyncBaseTransport):
@@ -84,6 +122,14 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     unprocessed by a GOAWAY may move three times as often (the server is draining, not sick).
     ``trust_refused_stream=False``: treat REFUSED_STREAM as maybe processed (not moved), for
     proxies that send it after the app ran (haproxy 2.6, docs/FINDINGS.md).
+    ``trust_goaway`` (``"learn"``): streams above a GOAWAY's last_stream_id move to a new
+    connection as never processed (RFC 9113 §6.8) until the origin answers one of them (it ran
+    it after all: ``client.goaway_violation``); from then on they count as maybe processed,
+    resent only if idempotent or keyed. ``True`` always trusts, ``False`` never does.
+    ``flight_recorder`` (32): each connection keeps its last 32 frames both ways (no header
+    values, no bodies), and every failure carries them as ``exc.failure.trace``, one line per
+    frame in the doctor's trace format; 0 turns it off. The ``h2guard.frames`` logger prints
+    every frame at DEBUG (``H2GUARD_FRAME_LOG=1`` turns that on without code changes).
     ``http2_prior_knowledge``: h2c for ``http://`` URLs (otherwise ``http://`` uses HTTP/1.1,
     as browsers do). ``limits`` (an ``httpx.Limits``) sets ``max_connections_per_origin`` from
     ``max_connections`` and ``max_idle`` from ``keepalive_expiry``, as a drop-in.
@@ -107,6 +153,8 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         connection_window: int = 16 << 20,
         transparent_retries: int = 10,
         trust_refused_stream: bool = True,
+        trust_goaway: TrustGoAway = "learn",
+        flight_recorder: int = 32,
         events: EventLog | None = None,
         seed: int | None = None,
     ) -> None:
@@ -124,15 +172,20 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         self._verify = verify
         self._cert = cert
         self._ssl: ssl.SSLContext | None = None
+        if isinstance(verify, str) or cert is not None:  # a bad file fails here, as in httpx
+            self._ssl = _ssl_context(verify, cert)
         self._prior_knowledge = http2_prior_knowledge
         self._pool_settings = dict(max_connections=max_connections_per_origin,
                                    max_idle=max_idle, max_age=max_age,
                                    max_age_jitter=max_age_jitter,
                                    health_check_after=health_check_after)
+        self.goaway_trust = GoAwayTrust(trust_goaway)
         self._conn_settings = ConnectionSettings(stream_window=stream_window,
                                                  connection_window=connection_window,
                                                  ping_interval=ping_interval,
-                                                 ping_timeout=ping_timeout)
+                                                 ping_timeout=ping_timeout,
+                                                 goaway_trust=self.goaway_trust,
+                                                 flight_recorder=flight_recorder)
         self._retries = transparent_retries
         self._trust_refused = trust_refused_stream
         self.events = events if events is not None else EventLog(maxlen=10_000)
@@ -167,6 +220,9 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                     await asyncio.sleep(0.05 * attempt)  # one quick second try: nothing sent
                     continue
                 raise attach(_with_attempts(failure, attempt), request=request) from None
+            except httpx.TransportError as exc:  # the connection's own final verdict
+                exc.request = request  # (not_http2: the server answered in HTTP/1.x)
+                raise
             if conn is None:
                 return await self._via_http1(request)
             try:
@@ -230,7 +286,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                                   failure.last_stream_id, failure.origin,
                                   f"{failure.explain()} It was not sent again because the "
                                   "request body is a one-shot stream: pass bytes (content=...) "
-                                  "to make it replayable.")
+                                  "to make it replayable.", trace=failure.trace)
             raise attach(_with_attempts(failure, attempt), request=request)
 
     async def aclose(self) -> None:
@@ -287,10 +343,10 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     async def _via_http1(self, request: httpx.Request) -> httpx.Response:
         if self._http1 is None:
             verify: Any = self._verify
-            if isinstance(verify, str):
-                verify = ssl.create_default_context(cafile=verify)
-            self._http1 = httpx.AsyncHTTPTransport(verify=verify, cert=self._cert,
-                                                   http1=True, http2=False)
+            if isinstance(verify, str) or (self._cert is not None and isinstance(verify, bool)):
+                verify = _ssl_context(verify, self._cert)  # its own: httpcore sets its ALPN
+            # (a caller's SSLContext got the cert at construction)
+            self._http1 = httpx.AsyncHTTPTransport(verify=verify, http1=True, http2=False)
         return await self._http1.handle_async_request(request)
 
 
@@ -353,7 +409,7 @@ def _with_attempts(failure: Failure, attempts: int) -> Failure:
         return failure
     return Failure(failure.kind, failure.processed, failure.code, failure.stream_id,
                    failure.last_stream_id, failure.origin, failure.detail, attempts,
-                   failure.extra)
+                   failure.extra, trace=failure.trace)
 
 
 def _empty(request: httpx.Request) -> bool:
@@ -408,15 +464,50 @@ class HTTPTransport(httpx.BaseTransport):
     """The sync twin of :class:`AsyncHTTPTransport`, for ``httpx.Client``; same options.
 
     It drives the async transport on a private event-loop thread, so the protocol, the pool
-    and every recovery rule are the same code in both."""
+    and every recovery rule are the same code in both. The options are the async transport's,
+    keyword-only and typed the same (tests/integration/test_transport_dropin.py keeps the two
+    signatures equal), so a misspelt one is a TypeError here and a mypy error."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: Any = None,
+        http2_prior_knowledge: bool = False,
+        limits: httpx.Limits | None = None,
+        max_connections_per_origin: int = 10,
+        max_idle: float = 45.0,
+        max_age: float = 600.0,
+        max_age_jitter: float = 0.1,
+        health_check_after: float = 5.0,
+        ping_interval: float = 10.0,
+        ping_timeout: float = 5.0,
+        stream_window: int = 1 << 20,
+        connection_window: int = 16 << 20,
+        transparent_retries: int = 10,
+        trust_refused_stream: bool = True,
+        trust_goaway: TrustGoAway = "learn",
+        flight_recorder: int = 32,
+        events: EventLog | None = None,
+        seed: int | None = None,
+    ) -> None:
+        async def make() -> AsyncHTTPTransport:  # on the loop thread, as it will run there
+            return AsyncHTTPTransport(
+                verify=verify, cert=cert, http2_prior_knowledge=http2_prior_knowledge,
+                limits=limits, max_connections_per_origin=max_connections_per_origin,
+                max_idle=max_idle, max_age=max_age, max_age_jitter=max_age_jitter,
+                health_check_after=health_check_after, ping_interval=ping_interval,
+                ping_timeout=ping_timeout, stream_window=stream_window,
+                connection_window=connection_window, transparent_retries=transparent_retries,
+                trust_refused_stream=trust_refused_stream, trust_goaway=trust_goaway,
+                flight_recorder=flight_recorder, events=events, seed=seed)
+
         self._thread = _LoopThread()
-        self._async: AsyncHTTPTransport = self._thread.run(self._make(options))
-
-    @staticmethod
-    async def _make(options: dict[str, Any]) -> AsyncHTTPTransport:
-        return AsyncHTTPTransport(**options)
+        try:
+            self._async: AsyncHTTPTransport = self._thread.run(make())
+        except BaseException:  # a bad option or CA file: no thread left behind
+            self._thread.stop()
+            raise
 
     @property
     def events(self) -> EventLog:

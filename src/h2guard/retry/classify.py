@@ -27,6 +27,7 @@ _HTTP_1_1_REQUIRED = 0xD
 _CODE_RE = re.compile(r"error_code[:=]\s*(?:<?ErrorCodes\.)?([A-Z_0-9]+|\d+)")
 _STREAM_RE = re.compile(r"(?<!last_)stream_id[:=]\s*(\d+)")
 _LAST_RE = re.compile(r"last_stream_id[:=]\s*(\d+)")
+_CONFIGURATION: frozenset[FailureKind] = frozenset({"not_http2"})
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -93,12 +94,14 @@ def _from_text(text: str) -> Failure | None:
 
 def classify(exc: BaseException, *, origin: str = "") -> Failure | None:
     """What ``exc`` says about the attempt, or None if it is not a transport failure at all
-    (a bad URL, an unsupported scheme, a bug: such errors are never retried).
+    (a bad URL, an unsupported scheme, a bug: such errors are never retried) or a mistake of
+    configuration no retry can fix (``http2_prior_knowledge`` against a server that does not
+    speak HTTP/2: it answered the preface in HTTP/1.x). None raises ``exc`` as it is.
 
     An unknown transport error is "maybe processed": nothing proves otherwise."""
     own = failure_of(exc)
     if own is not None:
-        return own
+        return None if own.kind in _CONFIGURATION else own
     for link in _chain(exc):
         found = _h2_event(link) or _from_text(str(link))
         if found is not None:
@@ -124,4 +127,4 @@ def _at(failure: Failure, origin: str) -> Failure:
         return failure
     return Failure(failure.kind, failure.processed, failure.code, failure.stream_id,
                    failure.last_stream_id, origin, failure.detail, failure.attempts,
-                   failure.extra)
+                   failure.extra, trace=failure.trace)

@@ -270,7 +270,8 @@ class _Attempts:
         detail = f"{failure.explain()} Not retried: {why}."
         final = Failure(kind, failure.processed, failure.code, failure.stream_id,
                         failure.last_stream_id, failure.origin or self.origin, detail,
-                        self.attempt, {**failure.extra, "cause": failure.kind})
+                        self.attempt, {**failure.extra, "cause": failure.kind},
+                        trace=failure.trace)
         cls = type(exc) if isinstance(exc, httpx.TransportError) else (
             H2ReadTimeout if isinstance(exc, TimeoutError) else httpx.TransportError)
         try:

@@ -53,6 +53,7 @@ from h2guard.wire.events import (
     DataReceived,
     Event,
     GoAwayReceived,
+    GoAwayViolated,
     Headers,
     PingAcked,
     PingReceived,
@@ -68,6 +69,7 @@ from h2guard.wire.events import (
     WindowUpdated,
 )
 from h2guard.wire.hpack_codec import FastDecoder, FastEncoder
+from h2guard.wire.recorder import FlightRecorder
 
 __all__ = ["MAX_STREAM_ID", "PREFACE", "H2Core", "frame_header", "goaway_frame"]
 
@@ -328,12 +330,16 @@ class H2Core:
         "_awaiting_settings",
         "_conn",
         "_initial_window_target",
+        "_now",
         "_out",
         "_peer_limit",
         "_pending_acks",
         "_pings",
         "_stream_limit",
         "_streams",
+        "_unprocessed",
+        "_unprocessed_last",
+        "_violations",
         "_withheld",
         "auto_ack",
         "client",
@@ -344,6 +350,7 @@ class H2Core:
         "goaway_sent",
         "last_frame_at",
         "last_nonping_at",
+        "recorder",
         "requests_seen",
         "resets_received",
     )
@@ -394,6 +401,13 @@ class H2Core:
         self.failure: ConnectionFailed | None = None
         self.goaway_sent: int | None = None
         self.goaway_received: int | None = None
+        self._unprocessed: set[int] = set()
+        self._unprocessed_last = 0
+        self._violations: set[int] = set()
+        self._now = 0.0
+        self.recorder: FlightRecorder | None = None
+        """Set one (:class:`~h2guard.wire.recorder.FlightRecorder`) to keep the last frames
+        both ways; the core feeds it every byte it reads and writes."""
         self.last_frame_at = 0.0
         self.last_nonping_at = 0.0
         self.requests_seen = 0
@@ -405,7 +419,7 @@ class H2Core:
 
     def start(self, now: float) -> None:
         """Queue the preface (client) and our SETTINGS, and open the connection window."""
-        self.last_frame_at = self.last_nonping_at = now
+        self.last_frame_at = self.last_nonping_at = self._now = now
         conn = self._conn
         conn.initiate_connection()
         target = self._initial_window_target
@@ -422,6 +436,8 @@ class H2Core:
             return b""
         data = b"".join(self._out)
         self._out.clear()
+        if self.recorder is not None:
+            self.recorder.sent(data, self._now)
         return data
 
     def _flush(self) -> None:
@@ -448,6 +464,9 @@ class H2Core:
         its own events, and the error code sent in GOAWAY is the core's choice."""
         if self.closed or not data:
             return []
+        self._now = now
+        if self.recorder is not None:
+            self.recorder.received(data, now)
         events: list[Event] = []
         conn = self._conn
         frames = conn.incoming_buffer
@@ -676,6 +695,8 @@ class H2Core:
                     else:
                         self._withheld[sid] = self._withheld.get(sid, 0) + length
                 if state is None:
+                    if self._unprocessed and sid in self._unprocessed:
+                        self._violated(sid, "DATA", out)
                     continue
                 out.append(DataReceived(sid, ev.data or b"", length, ended))
                 if ended:
@@ -702,6 +723,8 @@ class H2Core:
                         streams[sid][0] = True
                         out.append(StreamEnded(sid))
                         self._maybe_close(sid, streams[sid])
+                elif self._unprocessed and sid in self._unprocessed:
+                    self._violated(sid, "HEADERS", out)
             elif isinstance(ev, h2.events.TrailersReceived):
                 sid = ev.stream_id
                 assert sid is not None
@@ -723,6 +746,14 @@ class H2Core:
                 last = int(ev.last_stream_id or 0)
                 code = int(ev.error_code or 0)
                 first = self.goaway_received is None
+                if (self.client and not first and self._unprocessed
+                        and last > self._unprocessed_last):
+                    # a later GOAWAY with a higher last_stream_id (RFC 9113 §6.8 forbids
+                    # raising it): the peer now says it may have processed streams it had
+                    # called unprocessed, and that we already handed back (a Node.js http2
+                    # server does this, and runs them): proof for those streams
+                    for sid in sorted(x for x in self._unprocessed if x <= last):
+                        self._violated(sid, "GOAWAY", out)
                 if self.goaway_received is None or last < self.goaway_received:
                     self.goaway_received = last
                 unprocessed: tuple[int, ...] = ()
@@ -732,6 +763,11 @@ class H2Core:
                         del streams[s]
                         self._forget_withheld(s)
                     unprocessed = tuple(gone)
+                    if self.client and gone:
+                        # remembered so that a response on one of them proves the peer did
+                        # process it (GoAwayViolated); bounded: streams per connection are
+                        self._unprocessed.update(gone)
+                        self._unprocessed_last = last
                 out.append(GoAwayReceived(code, last, ev.additional_data or b"", unprocessed))
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 changed = {int(k): v.new_value for k, v in ev.changed_settings.items()}
@@ -786,6 +822,13 @@ class H2Core:
         if state[0] and state[1]:
             del self._streams[stream_id]
             self._forget_withheld(stream_id)
+
+    def _violated(self, sid: int, frame: str, out: list[Event]) -> None:
+        """Proof that the peer processed a stream its GOAWAY called unprocessed (a response
+        on it, or a later GOAWAY raising last_stream_id above it): report it once."""
+        if sid not in self._violations:
+            self._violations.add(sid)
+            out.append(GoAwayViolated(sid, self._unprocessed_last, frame))
 
     def _forget_withheld(self, stream_id: int) -> None:
         """A stream closed with DATA never acknowledged: give the connection window back, or

@@ -14,6 +14,7 @@ __all__ = [
     "DataReceived",
     "Event",
     "GoAwayReceived",
+    "GoAwayViolated",
     "Headers",
     "PingAcked",
     "PingReceived",
@@ -122,6 +123,20 @@ class GoAwayReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class GoAwayViolated:
+    """Client role: proof that the peer processed a stream its own GOAWAY called unprocessed
+    (above last_stream_id): a response on it (HEADERS or DATA), or a later GOAWAY that raises
+    last_stream_id above it (RFC 9113 §6.8 forbids raising it; a Node.js http2 server does,
+    and runs those streams without answering). A client that resent the request ran it twice.
+    Reported once per stream; such frames are otherwise ignored (the stream was handed back
+    to its owner as unprocessed)."""
+
+    stream_id: int
+    last_stream_id: int  # of the GOAWAY that called the stream unprocessed
+    frame: str  # "HEADERS", "DATA" or "GOAWAY"
+
+
+@dataclass(frozen=True, slots=True)
 class SettingsReceived:
     """The peer's SETTINGS, already acknowledged; ``changed`` maps identifier to new value."""
 
@@ -171,5 +186,6 @@ class ConnectionFailed:
 
 
 Event = (RequestReceived | ResponseReceived | TrailersReceived | DataReceived | StreamEnded
-         | StreamReset | StreamRefused | StreamRejected | GoAwayReceived | SettingsReceived
+         | StreamReset | StreamRefused | StreamRejected | GoAwayReceived | GoAwayViolated
+         | SettingsReceived
          | SettingsAcked | PingReceived | PingAcked | WindowUpdated | ConnectionFailed)
