@@ -13,6 +13,7 @@ declare -A need=(
   [javac]=default-jdk-headless  # h2guard bench: the java.net.http and OkHttp drivers (javac, java)
   [node]=nodejs                 # h2guard bench: the Node.js http2 driver
   [chromium]=chromium           # h2guard bench: the HTML report test renders it headless
+  [tinyproxy]=tinyproxy         # client: HTTP/2 through a forward proxy's CONNECT tunnel
 )
 missing=()
 for bin in "${!need[@]}"; do

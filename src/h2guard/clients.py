@@ -81,6 +81,11 @@ def _parts(name: str, transport_cls: Any, httpx_options: dict[str, Any], *,
         base = "httpx.AsyncClient" if name == "AsyncClient" else "httpx.Client"
         raise TypeError(f"h2guard.{name} builds its own transport; to wrap another one use "
                         f"{base}(transport=h2guard.RetryTransport(...))")
+    # httpx would route proxy= around our transport (its own proxy mounts): the transport
+    # tunnels instead, with HTTP/2 inside; trust_env too, which httpx ignores with a transport
+    for key in ("proxy", "trust_env"):
+        if key in httpx_options:
+            transport[key] = httpx_options.pop(key) if key == "proxy" else httpx_options[key]
     log = events if events is not None else EventLog(maxlen=10_000)
     inner = transport_cls(events=log, seed=seed, **transport, **(transport_options or {}))
     return log, RetryTransport(inner, policy=policy, events=log, on_retry=on_retry, seed=seed)

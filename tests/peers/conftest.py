@@ -27,6 +27,7 @@ PACKAGES = {
     "h2load": "nghttp2-client",
     "nginx": "nginx-light",
     "haproxy": "haproxy",
+    "tinyproxy": "tinyproxy",
 }
 
 

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
+from h2guard.client.dial import Dialer
 from h2guard.errors import Failure, FailureKind, Processed, attach
 from h2guard.events import EventLog
 from h2guard.wire.core import H2Core
@@ -60,6 +61,7 @@ _HTTP_1_1_REQUIRED = 0xD
 _MCS = 0x3
 _SEND_SLICE = 1 << 16  # request body bytes handed to the core per call
 _BATCH = 16  # request HEADERS per write at most, when many are opened in one loop tick
+_DIRECT = Dialer()
 _VIOLATION_WATCH = 1.0
 """Seconds a drained connection stays open after moving streams off it, to see whether the
 server answers one of them anyway (and so learn not to trust its GOAWAYs)."""
@@ -230,20 +232,21 @@ class Connection(asyncio.Protocol):
     async def open(cls, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
                    origin: str, settings: ConnectionSettings, events: EventLog | None,
                    on_change: Callable[[Connection], None], timeout: float | None,
-                   server_hostname: str | None = None) -> Connection | str:
+                   server_hostname: str | None = None, dialer: Dialer | None = None,
+                   proxy: str | None = None) -> Connection | str:
         """Connect and exchange prefaces. Returns the connection, or the ALPN protocol the
         server chose instead of h2 (``"http/1.1"``) so the caller can fall back."""
-        loop = asyncio.get_running_loop()
 
         async def connect() -> Connection | str:
             if ssl_context is not None:
                 # offer h2 again: a caller's SSLContext is shared with the transport's HTTP/1.1
                 # delegate, and httpcore sets ALPN ["http/1.1"] on it for each of its connects
                 ssl_context.set_alpn_protocols(["h2", "http/1.1"])
-            transport, proto = await loop.create_connection(
+            transport, proto = await (dialer or _DIRECT).dial(
                 lambda: cls(origin, settings, events, on_change), host, port,
-                ssl=ssl_context, server_hostname=server_hostname if ssl_context else None)
-            conn = proto
+                ssl_context=ssl_context,
+                server_hostname=server_hostname if ssl_context else None, proxy=proxy)
+            conn = cast(Connection, proto)
             if ssl_context is not None:
                 sslobj = transport.get_extra_info("ssl_object")
                 alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None

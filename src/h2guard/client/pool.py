@@ -21,6 +21,7 @@ import random
 import ssl
 
 from h2guard.client.connection import Connection, ConnectionSettings
+from h2guard.client.dial import Dialer
 from h2guard.errors import Failure
 from h2guard.events import EventLog
 
@@ -58,8 +59,11 @@ class OriginPool:
     def __init__(self, origin: str, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
                  server_hostname: str | None, settings: PoolSettings,
                  conn_settings: ConnectionSettings, events: EventLog | None,
-                 rng: random.Random) -> None:
+                 rng: random.Random, dialer: Dialer | None = None,
+                 proxy: str | None = None) -> None:
         self.origin = origin
+        self.dialer = dialer
+        self.proxy = proxy
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -147,7 +151,7 @@ class OriginPool:
                 host=self.host, port=self.port, ssl_context=self.ssl_context,
                 origin=self.origin, settings=self.conn_settings, events=self.events,
                 on_change=self._on_change, timeout=self.settings.connect_timeout,
-                server_hostname=self.server_hostname)
+                server_hostname=self.server_hostname, dialer=self.dialer, proxy=self.proxy)
         except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise PoolFailure(Failure("connect", "no", origin=self.origin,

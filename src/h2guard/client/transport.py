@@ -25,7 +25,7 @@ import os
 import random
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -37,6 +37,7 @@ from h2guard.client.connection import (
     StreamState,
     TrustGoAway,
 )
+from h2guard.client.dial import Dialer, env_proxy
 from h2guard.client.pool import OriginPool, PoolFailure, PoolSettings
 from h2guard.errors import Failure, attach
 from h2guard.events import EventLog
@@ -155,9 +156,19 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         trust_refused_stream: bool = True,
         trust_goaway: TrustGoAway = "learn",
         flight_recorder: int = 32,
+        proxy: str | httpx.URL | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+        retries: int = 0,
+        trust_env: bool = True,
         events: EventLog | None = None,
         seed: int | None = None,
     ) -> None:
+        self._dialer = Dialer(proxy=str(proxy) if proxy is not None else None, uds=uds,
+                              local_address=local_address,
+                              socket_options=tuple(socket_options or ()), retries=retries)
+        self._trust_env = trust_env and proxy is None and uds is None
         if limits is not None:  # httpx's own knobs, for a drop-in replacement
             if limits.max_connections is not None:
                 max_connections_per_origin = limits.max_connections
@@ -191,7 +202,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         self.events = events if events is not None else EventLog(maxlen=10_000)
         self._rng = random.Random(seed)
         self._pools: dict[tuple[bytes, bytes, int], OriginPool] = {}
-        self._http1: httpx.AsyncHTTPTransport | None = None
+        self._http1: dict[str | None, httpx.AsyncHTTPTransport] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ httpx API
@@ -294,8 +305,9 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         for pool in self._pools.values():
             await pool.aclose()
         self._pools.clear()
-        if self._http1 is not None:
-            await self._http1.aclose()
+        for delegate in self._http1.values():
+            await delegate.aclose()
+        self._http1.clear()
 
     # ------------------------------------------------------------------ internals
 
@@ -315,7 +327,8 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                               settings=PoolSettings(connect_timeout=timeouts.get("connect"),
                                                     **self._pool_settings),  # type: ignore[arg-type]
                               conn_settings=self._conn_settings, events=self.events,
-                              rng=self._rng)
+                              rng=self._rng, dialer=self._dialer,
+                              proxy=self._proxy_for(url))
             self._pools[key] = pool
         return pool
 
@@ -340,14 +353,26 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             return
         conn.end_body(st)
 
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        """The proxy for this origin: ``proxy=``, else (``trust_env``) the environment's."""
+        if self._dialer.proxy is not None or not self._trust_env:
+            return self._dialer.proxy
+        return env_proxy(url.scheme, url.host)
+
     async def _via_http1(self, request: httpx.Request) -> httpx.Response:
-        if self._http1 is None:
+        proxy = self._proxy_for(request.url)
+        delegate = self._http1.get(proxy)
+        if delegate is None:
             verify: Any = self._verify
             if isinstance(verify, str) or (self._cert is not None and isinstance(verify, bool)):
                 verify = _ssl_context(verify, self._cert)  # its own: httpcore sets its ALPN
             # (a caller's SSLContext got the cert at construction)
-            self._http1 = httpx.AsyncHTTPTransport(verify=verify, http1=True, http2=False)
-        return await self._http1.handle_async_request(request)
+            d = self._dialer
+            delegate = self._http1[proxy] = httpx.AsyncHTTPTransport(
+                verify=verify, http1=True, http2=False, proxy=proxy, uds=d.uds,
+                local_address=d.local_address, retries=d.retries,
+                socket_options=list(d.socket_options) or None)  # type: ignore[arg-type]
+        return await delegate.handle_async_request(request)
 
 
 def origin_of(url: httpx.URL) -> str:
@@ -488,6 +513,12 @@ class HTTPTransport(httpx.BaseTransport):
         trust_refused_stream: bool = True,
         trust_goaway: TrustGoAway = "learn",
         flight_recorder: int = 32,
+        proxy: str | httpx.URL | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+        retries: int = 0,
+        trust_env: bool = True,
         events: EventLog | None = None,
         seed: int | None = None,
     ) -> None:
@@ -500,7 +531,9 @@ class HTTPTransport(httpx.BaseTransport):
                 ping_timeout=ping_timeout, stream_window=stream_window,
                 connection_window=connection_window, transparent_retries=transparent_retries,
                 trust_refused_stream=trust_refused_stream, trust_goaway=trust_goaway,
-                flight_recorder=flight_recorder, events=events, seed=seed)
+                flight_recorder=flight_recorder, proxy=proxy, uds=uds,
+                local_address=local_address, socket_options=socket_options, retries=retries,
+                trust_env=trust_env, events=events, seed=seed)
 
         self._thread = _LoopThread()
         try:
