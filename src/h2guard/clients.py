@@ -37,7 +37,8 @@ class AsyncClient(httpx.AsyncClient):
     they would httpx's; ``transport_options`` passes any other
     :class:`~h2guard.AsyncHTTPTransport` option (``max_idle``, ``ping_interval``, ...).
     ``policy`` is the :class:`~h2guard.RetryPolicy`; ``events`` collects transport and retry
-    events alike (``client.events``), for :mod:`h2guard.metrics`.
+    events alike (``client.events``), for :mod:`h2guard.metrics`; ``tracer`` (OpenTelemetry)
+    gives every logical request a span (:mod:`h2guard.otel`).
     """
 
     def __init__(self, *, policy: RetryPolicy | None = None,
@@ -46,10 +47,10 @@ class AsyncClient(httpx.AsyncClient):
                  transport_options: dict[str, Any] | None = None,
                  events: EventLog | None = None,
                  on_retry: Callable[[RetryInfo], None] | None = None,
-                 seed: int | None = None, **httpx_options: Any) -> None:
+                 seed: int | None = None, tracer: Any = None, **httpx_options: Any) -> None:
         self.events, self.retry = _parts(
             "AsyncClient", AsyncHTTPTransport, httpx_options, policy=policy, events=events,
-            on_retry=on_retry, seed=seed, transport_options=transport_options, verify=verify,
+            on_retry=on_retry, seed=seed, tracer=tracer, transport_options=transport_options, verify=verify,
             cert=cert, limits=limits, http2_prior_knowledge=http2_prior_knowledge)
         super().__init__(transport=self.retry, **httpx_options)
 
@@ -63,10 +64,10 @@ class Client(httpx.Client):
                  transport_options: dict[str, Any] | None = None,
                  events: EventLog | None = None,
                  on_retry: Callable[[RetryInfo], None] | None = None,
-                 seed: int | None = None, **httpx_options: Any) -> None:
+                 seed: int | None = None, tracer: Any = None, **httpx_options: Any) -> None:
         self.events, self.retry = _parts(
             "Client", HTTPTransport, httpx_options, policy=policy, events=events,
-            on_retry=on_retry, seed=seed, transport_options=transport_options, verify=verify,
+            on_retry=on_retry, seed=seed, tracer=tracer, transport_options=transport_options, verify=verify,
             cert=cert, limits=limits, http2_prior_knowledge=http2_prior_knowledge)
         super().__init__(transport=self.retry, **httpx_options)
 
@@ -74,7 +75,7 @@ class Client(httpx.Client):
 def _parts(name: str, transport_cls: Any, httpx_options: dict[str, Any], *,
            policy: RetryPolicy | None, events: EventLog | None,
            on_retry: Callable[[RetryInfo], None] | None, seed: int | None,
-           transport_options: dict[str, Any] | None, **transport: Any
+           transport_options: dict[str, Any] | None, tracer: Any = None, **transport: Any
            ) -> tuple[EventLog, RetryTransport]:
     """The event log and the RetryTransport(h2guard transport) both clients are built on."""
     if "transport" in httpx_options:
@@ -88,4 +89,5 @@ def _parts(name: str, transport_cls: Any, httpx_options: dict[str, Any], *,
             transport[key] = httpx_options.pop(key) if key == "proxy" else httpx_options[key]
     log = events if events is not None else EventLog(maxlen=10_000)
     inner = transport_cls(events=log, seed=seed, **transport, **(transport_options or {}))
-    return log, RetryTransport(inner, policy=policy, events=log, on_retry=on_retry, seed=seed)
+    return log, RetryTransport(inner, policy=policy, events=log, on_retry=on_retry, seed=seed,
+                               tracer=tracer)

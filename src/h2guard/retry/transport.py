@@ -26,7 +26,8 @@ import anyio
 import httpx
 
 from h2guard.client.transport import AsyncHTTPTransport, origin_of
-from h2guard.errors import Failure, H2ReadTimeout, attach
+from h2guard import otel
+from h2guard.errors import Failure, H2ReadTimeout, attach, failure_of
 from h2guard.events import EventLog
 from h2guard.retry.classify import classify
 from h2guard.retry.policy import Decision, RetryBudget, RetryPolicy
@@ -124,7 +125,7 @@ class _Attempts:
     """One logical request's attempts: all decisions, no I/O."""
 
     __slots__ = ("_original_timeouts", "attempt", "body", "budget", "deadline", "keyed", "method",
-                 "origin", "owner", "policy", "previous_delay", "request", "retries")
+                 "origin", "owner", "policy", "previous_delay", "request", "retries", "span")
 
     def __init__(self, owner: RetryTransport, request: httpx.Request) -> None:
         policy = owner.policy
@@ -151,6 +152,7 @@ class _Attempts:
         if self.budget is not None:
             self.budget.deposit()
         request.extensions["h2guard.transparent_retries"] = 0  # we decide every retry here
+        self.span: Any = None if owner.tracer is None else otel.start(owner.tracer, request)
 
     # ------------------------------------------------------------------ per attempt
 
@@ -211,10 +213,17 @@ class _Attempts:
         else:
             failure = classify(exc, origin=self.origin)
         if failure is None:
+            if self.span is not None:
+                self.span.record_exception(exc)
+                self.span.end()
             raise exc  # not a transport failure (a bad URL, a bug): never retried
         decision = self.judge(failure)
         if not decision.retry:
-            raise self.give_up(exc, failure, decision) from exc
+            final = self.give_up(exc, failure, decision)
+            if self.span is not None:
+                otel.end_error(self.span, final, failure_of(final) or failure,
+                               attempts=self.attempt, retries=self.retries)
+            raise final from exc
         self.report_retry(decision, failure, None)
         return decision
 
@@ -244,6 +253,9 @@ class _Attempts:
                                     "method": self.method, "attempt": self.attempt,
                                     "reason": decision.reason, "kind": kind,
                                     "delay": decision.delay, "status": status}})
+        if self.span is not None:
+            otel.on_attempt_failed(self.span, attempt=self.attempt, failure=failure,
+                                   status=status, delay=decision.delay)
         if owner.on_retry is not None:
             owner.on_retry(RetryInfo(self.request, self.attempt, decision.delay,
                                      decision.reason, failure, status))
@@ -284,6 +296,8 @@ class _Attempts:
         return new
 
     def finish(self, response: httpx.Response) -> httpx.Response:
+        if self.span is not None:
+            otel.end_ok(self.span, response, attempts=self.attempt, retries=self.retries)
         response.extensions = {**response.extensions, "h2guard_attempts": self.attempt}
         self._restore_timeouts()
         return response
@@ -306,13 +320,14 @@ class RetryTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
     transport's flavour decides which of ``handle_request`` / ``handle_async_request`` works.
     ``events`` receives ``retry.attempt`` / ``retry.gave_up`` / ``retry.budget_exhausted``
     (counted by :class:`h2guard.metrics.ClientMetrics`); ``on_retry`` is called before each wait.
-    ``seed`` makes the jitter reproducible.
+    ``seed`` makes the jitter reproducible. ``tracer`` (an OpenTelemetry tracer) gives each
+    logical request a span, its failed attempts as events (:mod:`h2guard.otel`).
     """
 
     def __init__(self, inner: httpx.AsyncBaseTransport | httpx.BaseTransport | None = None, *,
                  policy: RetryPolicy | None = None, events: EventLog | None = None,
                  on_retry: Callable[[RetryInfo], None] | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, tracer: Any = None) -> None:
         if inner is None:
             inner = AsyncHTTPTransport()
         self.inner = inner
@@ -321,6 +336,7 @@ class RetryTransport(httpx.AsyncBaseTransport, httpx.BaseTransport):
         self.events = events if events is not None else shared if shared is not None \
             else EventLog(maxlen=10_000)
         self.on_retry = on_retry
+        self.tracer = tracer
         self.rng = random.Random(seed)
         self._budgets: dict[str, RetryBudget] = {}
 
