@@ -50,7 +50,8 @@ class AsyncClient(httpx.AsyncClient):
                  seed: int | None = None, tracer: Any = None, **httpx_options: Any) -> None:
         self.events, self.retry = _parts(
             "AsyncClient", AsyncHTTPTransport, httpx_options, policy=policy, events=events,
-            on_retry=on_retry, seed=seed, tracer=tracer, transport_options=transport_options, verify=verify,
+            on_retry=on_retry, seed=seed, tracer=tracer, transport_options=transport_options,
+            verify=verify,
             cert=cert, limits=limits, http2_prior_knowledge=http2_prior_knowledge)
         super().__init__(transport=self.retry, **httpx_options)
 
@@ -67,7 +68,8 @@ class Client(httpx.Client):
                  seed: int | None = None, tracer: Any = None, **httpx_options: Any) -> None:
         self.events, self.retry = _parts(
             "Client", HTTPTransport, httpx_options, policy=policy, events=events,
-            on_retry=on_retry, seed=seed, tracer=tracer, transport_options=transport_options, verify=verify,
+            on_retry=on_retry, seed=seed, tracer=tracer, transport_options=transport_options,
+            verify=verify,
             cert=cert, limits=limits, http2_prior_knowledge=http2_prior_knowledge)
         super().__init__(transport=self.retry, **httpx_options)
 

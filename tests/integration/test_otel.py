@@ -10,16 +10,16 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk is in the dev extra")
 
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode
 
-import h2guard  # noqa: E402
-from h2guard.chaos import serve  # noqa: E402
-from h2guard.chaos.model import RstStream, Scenario, Trigger  # noqa: E402
+import h2guard
+from h2guard.chaos import serve
+from h2guard.chaos.model import RstStream, Scenario, Trigger
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,8 +25,8 @@ from typing import Any
 import anyio
 import httpx
 
-from h2guard.client.transport import AsyncHTTPTransport, origin_of
 from h2guard import otel
+from h2guard.client.transport import AsyncHTTPTransport, origin_of
 from h2guard.errors import Failure, H2ReadTimeout, attach, failure_of
 from h2guard.events import EventLog
 from h2guard.retry.classify import classify
