@@ -1,9 +1,9 @@
 """One conformance suite, three stores: SQLite, Redis and PostgreSQL (real servers).
 
-Every store must give the middleware the same two atomic operations with the same meaning
-(see ``h2guard/idempotency/store.py``): claim a free key or report who holds it; complete only
-with the token that holds the claim; expire locks and records; survive concurrency; fail with
-StoreError, in bounded time, when it cannot answer.
+Every store must give the middleware the same three atomic operations with the same meaning
+(see ``h2guard/idempotency/store.py``): claim a free key or report who holds it; complete and
+release only with the token that holds the claim; expire locks and records; survive
+concurrency; fail with StoreError, in bounded time, when it cannot answer.
 """
 
 from __future__ import annotations
@@ -110,6 +110,34 @@ async def test_an_expired_lock_frees_the_key_and_the_old_holder_cannot_complete(
     assert (retaken.outcome, retaken.fingerprint) == ("claimed", "fp-new")
     assert await store.complete("k", "crashed", RESPONSE, ttl=60) is False
     assert await store.complete("k", "t3", RESPONSE, ttl=60) is True
+
+
+async def test_release_frees_the_key_only_for_the_claiming_token(make_store: Any) -> None:
+    store, other = make_store(), make_store()
+    await store.claim("k", "fp", token="mine", lock_ttl=30, ttl=60)
+    assert await other.release("k", "theirs") is False  # not their claim: left alone
+    assert (await store.claim("k", "fp", token="x", lock_ttl=30, ttl=60)).outcome \
+        == "in_progress"
+    assert await other.release("k", "mine") is True  # any instance, the right token
+    assert await store.complete("k", "mine", RESPONSE, ttl=60) is False  # gone
+    again = await store.claim("k", "fp-2", token="next", lock_ttl=30, ttl=60)
+    assert (again.outcome, again.fingerprint) == ("claimed", "fp-2")
+    # a completed record is released by the claim that completed it, and only by it
+    assert await store.complete("k", "next", RESPONSE, ttl=60) is True
+    assert await store.release("k", "mine") is False
+    assert (await store.claim("k", "fp-2", token="y", lock_ttl=30, ttl=60)).outcome \
+        == "completed"
+    assert await store.release("k", "next") is True
+    assert (await store.claim("k", "fp-3", token="z", lock_ttl=30, ttl=60)).outcome \
+        == "claimed"
+    assert await store.release("never-claimed", "z") is False
+    # a lapsed claim retaken by someone else is theirs: the old holder cannot release it
+    await store.claim("lapse", "fp", token="old", lock_ttl=0.2, ttl=60)
+    await asyncio.sleep(0.3)
+    await other.claim("lapse", "fp", token="new", lock_ttl=30, ttl=60)
+    assert await store.release("lapse", "old") is False
+    assert (await store.claim("lapse", "fp", token="w", lock_ttl=30, ttl=60)).outcome \
+        == "in_progress"
 
 
 async def test_completed_records_expire_after_their_ttl(make_store: Any) -> None:

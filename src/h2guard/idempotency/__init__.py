@@ -1,6 +1,7 @@
 """Idempotency-Key support for any ASGI app, on SQLite, Redis or PostgreSQL.
 
-``IdempotencyMiddleware(app, store=...)`` (see :mod:`h2guard.idempotency.middleware`); stores
+``IdempotencyMiddleware(app, store=...)`` (see :mod:`h2guard.idempotency.middleware` and
+``docs/idempotency.md``); log records go to the ``h2guard.idempotency`` logger; stores
 follow :class:`IdempotencyStore` (:mod:`h2guard.idempotency.store`). The Redis and PostgreSQL
 stores import their drivers only when built (extras ``h2guard[redis]``, ``h2guard[postgres]``).
 """
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from h2guard.idempotency.middleware import (
     IdempotencyMiddleware,
+    app_name,
     parse_key,
     principal_from_authorization,
 )
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from h2guard.idempotency.stores.redis import RedisStore
 
 __all__ = ["Claim", "IdempotencyMiddleware", "IdempotencyStore", "PostgresStore", "RedisStore",
-           "SQLiteStore", "StoreError", "StoredResponse", "parse_key",
+           "SQLiteStore", "StoreError", "StoredResponse", "app_name", "parse_key",
            "principal_from_authorization"]
 
 

@@ -4,7 +4,9 @@ the request's fingerprint.
 * :func:`parse_key`: the header's value is an sf-string (``"..."``, as the IETF draft writes it)
   or a bare token (as Stripe's clients send it); at most 255 characters of printable ASCII.
 * :func:`principal_from_authorization`: keys are scoped per principal, so one client can never
-  read another's stored response; the default is a digest of the Authorization header.
+  read another's stored response; the default is a digest of the Authorization header, its
+  auth-scheme compared case-insensitively as RFC 9110 §11.1 says (``bearer X`` and
+  ``Bearer X`` are one principal; the credentials after the scheme stay case-sensitive).
 * :func:`fingerprint`: method, raw path and query, chosen headers and a digest of the body. A key
   reused with a different fingerprint is answered 422, never with the first request's response.
 """
@@ -15,7 +17,8 @@ import hashlib
 from collections.abc import Collection, MutableMapping
 from typing import Any
 
-__all__ = ["MAX_KEY_LENGTH", "fingerprint", "parse_key", "principal_from_authorization"]
+__all__ = ["MAX_KEY_LENGTH", "fingerprint", "normalize_credentials", "parse_key",
+           "principal_from_authorization"]
 
 Scope = MutableMapping[str, Any]
 
@@ -57,18 +60,45 @@ def parse_key(raw: str) -> str:
     return key
 
 
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
+
+
+def normalize_credentials(value: bytes) -> bytes:
+    """An Authorization (or Proxy-Authorization) value in one canonical form, so that values
+    RFC 9110 calls equal compare equal.
+
+    ``credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]`` (§11.4) and "the
+    auth-scheme is case-insensitive" (§11.1): the scheme is folded to one spelling (first
+    letter upper case, the rest lower: ``Bearer``, ``Basic``, ``Digest``, ``Negotiate``, which
+    is how those schemes are usually written, so the digest of such a value does not change),
+    the spaces after it become one, and the credentials are kept byte for byte (a token68 such
+    as a bearer token is case-sensitive). Surrounding whitespace is not part of a field value
+    (RFC 9110 §5.5)."""
+    text = bytes(value).strip(b" \t")
+    scheme, sep, rest = text.partition(b" ")
+    if not scheme:
+        return text
+    scheme = scheme.decode("latin-1").capitalize().encode("latin-1")
+    rest = rest.lstrip(b" ")
+    return scheme + b" " + rest if sep and rest else scheme
+
+
 def principal_from_authorization(scope: Scope) -> str:
     """The default principal: a digest of the Authorization header (never the credential
-    itself), or ``anonymous``."""
+    itself), or ``anonymous``. The scheme is compared case-insensitively
+    (:func:`normalize_credentials`), the credentials exactly."""
     for name, value in scope.get("headers", ()):
         if name.lower() == b"authorization":
-            return "auth:" + hashlib.sha256(bytes(value)).hexdigest()[:32]
+            canonical = normalize_credentials(bytes(value))
+            return "auth:" + hashlib.sha256(canonical).hexdigest()[:32]
     return "anonymous"
 
 
 def fingerprint(scope: Scope, body: bytes, *, headers: Collection[bytes] = ()) -> str:
     """A digest of what must match for a replay: method, raw path and query string, the
-    ``headers`` named (lower-case bytes), and the body."""
+    ``headers`` named (lower-case bytes), and the body. An Authorization or
+    Proxy-Authorization header among them is compared as :func:`normalize_credentials` says
+    (scheme case-insensitive)."""
     digest = hashlib.sha256()
     digest.update(scope["method"].upper().encode())
     digest.update(b"\x00")
@@ -76,8 +106,11 @@ def fingerprint(scope: Scope, body: bytes, *, headers: Collection[bytes] = ()) -
     digest.update(b"?")
     digest.update(scope.get("query_string", b""))
     if headers:
-        seen = sorted((bytes(n).lower(), bytes(v)) for n, v in scope.get("headers", ())
-                      if bytes(n).lower() in headers)
+        seen = sorted((name, normalize_credentials(value) if name in _CREDENTIAL_HEADERS
+                       else value)
+                      for name, value in ((bytes(n).lower(), bytes(v))
+                                          for n, v in scope.get("headers", ()))
+                      if name in headers)
         for name, value in seen:
             digest.update(b"\x00" + name + b":" + value)
     digest.update(b"\x00")

@@ -3,11 +3,13 @@
 A store keeps one record per (principal, key): the request's fingerprint, whether the first
 request is still running (``in_progress``, with a lock that expires so a crashed worker does
 not hold a key forever) or finished (``completed``, with the response to replay), and when the
-record expires. Everything the middleware needs is two atomic operations:
+record expires. Everything the middleware needs is three atomic operations:
 
 * :meth:`IdempotencyStore.claim`: take the key if nobody holds it (absent, expired, or in
   progress past its lock), else say who does and with which fingerprint / response;
-* :meth:`IdempotencyStore.complete`: store the response, only if our claim still holds.
+* :meth:`IdempotencyStore.complete`: store the response, only if our claim still holds;
+* :meth:`IdempotencyStore.release`: give the key up, only if our claim still holds (a server
+  error that is not to be stored: the next request with the key runs the handler again).
 
 The stores (in :mod:`h2guard.idempotency.stores`): ``SQLiteStore`` (embedded default, safe across
 the processes of one host), ``RedisStore`` (a Lua script per atomic step, expiry by key TTL) and
@@ -100,6 +102,13 @@ class IdempotencyStore(Protocol):
         still holds the claim and the record has not expired. False otherwise (the lock
         expired and someone else took the key, or the record is gone): the caller's response
         is then not the stored one."""
+        ...
+
+    async def release(self, key: str, token: str) -> bool:
+        """Delete the record of ``key`` if ``token`` holds it (in progress, or completed by
+        that claim), so the key is free at once. False if the record is gone or another
+        claim holds it (then it is left alone). A store without this method still works: the
+        middleware then leaves a failed claim to lapse after ``lock_ttl``."""
         ...
 
     async def purge_expired(self) -> int:

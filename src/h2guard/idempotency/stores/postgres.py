@@ -155,6 +155,8 @@ class PostgresStore:
                 " WHERE key = %(key)s AND token = %(token)s"
                 "  AND expires_at > clock_timestamp()"
                 "  AND (state = 'in_progress' OR (%(retry)s AND state = 'completed'))").format(t),
+            "release": sql.SQL("DELETE FROM {} WHERE key = %(key)s AND token = %(token)s"
+                               ).format(t),
             "purge": sql.SQL("DELETE FROM {} WHERE expires_at <= clock_timestamp()").format(t),
         }
         statements["claim_or_read"] = statements["claim_or_read"].format(
@@ -362,6 +364,15 @@ class PostgresStore:
             return cur.rowcount == 1
 
         result: bool = await self._call("complete", op)
+        return result
+
+    async def release(self, key: str, token: str) -> bool:
+        async def op(conn: psycopg.AsyncConnection[Any], retry: bool) -> bool:
+            cur = await conn.execute(self._sql["release"], {"key": key, "token": token})
+            # a retry after a broken connection: the first attempt may have deleted it
+            return cur.rowcount == 1 or retry
+
+        result: bool = await self._call("release", op)
         return result
 
     async def purge_expired(self) -> int:

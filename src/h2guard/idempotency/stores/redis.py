@@ -61,6 +61,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
+# KEYS[1] the record; ARGV token. Returns 1 if the record was ours and is deleted.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 def _redacted(url: str) -> str:
     """``url`` without its password, to name the server in messages."""
@@ -130,6 +138,7 @@ class RedisStore:
         self._client = client
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
+        self._release = client.register_script(_RELEASE)
 
     def __repr__(self) -> str:
         return f"RedisStore({self._name!r}, prefix={self._prefix!r})"
@@ -173,6 +182,10 @@ class RedisStore:
                        ttl: float) -> bool:
         reply = await self._run("complete", self._complete, key,
                                 [token, response.to_bytes(), _ms(ttl)])
+        return bool(reply == 1)
+
+    async def release(self, key: str, token: str) -> bool:
+        reply = await self._run("release", self._release, key, [token])
         return bool(reply == 1)
 
     async def purge_expired(self) -> int:
