@@ -1,8 +1,9 @@
-# make demo : set up .venv (the bench's needs only) and run the resilience scoreboard,
-#             h2guard bench --quick (no external server needed; the Go, Java and Node
-#             clients run when their runtimes are installed: make peers installs them)
-# make test : set up .venv, install the real peers (curl, nghttp2-client, nginx-light, haproxy,
-#             redis-server, postgresql), then ruff, mypy (strict on src/) and pytest
+# make demo : set up .venv (the bench extra only: chaos + cli + niquests) and run the
+#             resilience scoreboard, h2guard bench --quick (no external server needed; the Go,
+#             Java and Node clients run when their runtimes are installed: make peers installs them)
+# make test : set up .venv (the all extra), install the real peers (curl, nghttp2-client,
+#             nginx-light, haproxy, redis-server, postgresql), then ruff, mypy (strict on src/)
+#             and pytest
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

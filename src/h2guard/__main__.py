@@ -1,5 +1,5 @@
 """``python -m h2guard``: the same as the ``h2guard`` command."""
 
-from h2guard.cli import main
+from h2guard._console import main
 
 main()

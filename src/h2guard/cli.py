@@ -1,4 +1,10 @@
-"""The ``h2guard`` command. It wires subcommands to the parts and holds no logic of its own."""
+"""The ``h2guard`` command. It wires subcommands to the parts and holds no logic of its own.
+
+It needs the CLI extra (typer, rich): the console script enters through
+:mod:`h2guard._console`, which says so in one line when they are missing. Shell completion is
+typer's: ``h2guard --install-completion`` (bash, zsh, fish, PowerShell) or
+``h2guard --show-completion`` to print the script.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ app = typer.Typer(
          "diagnose them (doctor), and score clients against them (bench).",
     no_args_is_help=True,
     rich_markup_mode="rich",
-    add_completion=False,
+    add_completion=True,
 )
 chaos_app = typer.Typer(
     help="An HTTP/2 server and reverse proxy that injects the failures load balancers and "
@@ -49,9 +55,24 @@ def _check_port(flag: str, value: int | None) -> None:
         raise _fail(f"{flag} {value}: a port is 0..65535 (0 picks a free one)")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the h2guard version and exit.")] = False,
+) -> None:
+    """The options before any command (``--version``); the help text is ``app``'s."""
+
+
 @app.command()
 def version() -> None:
-    """Print the h2guard version."""
+    """Print the h2guard version (the same as --version)."""
     print(__version__)
 
 

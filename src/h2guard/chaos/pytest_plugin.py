@@ -2,6 +2,10 @@
 
 Installed with h2guard (entry point ``pytest11: h2guard_chaos``); async tests need
 ``pytest-asyncio`` (``asyncio_mode = "auto"``, or mark the test ``@pytest.mark.asyncio``).
+The plugin imports nothing but pytest until the fixture is used, so it costs nothing to a
+project that only uses h2guard's client. TLS servers with a generated CA (the default) need
+the chaos extra (``pip install 'h2guard[chaos]'``, for trustme); without it a test that asks
+for one fails with that message, while ``h2c=True`` servers work on the core install.
 ``chaos_server`` is a *factory*: call it as many times as a test needs servers; every server
 it started is stopped when the test ends::
 
@@ -140,7 +144,15 @@ async def _chaos_server(request: pytest.FixtureRequest) -> AsyncIterator[ChaosSe
             keyfile=opts.get("keyfile"),
         )
         server = ChaosServer(built, config=config)
-        await server.start()
+        missing: str | None = None
+        try:
+            await server.start()
+        except ModuleNotFoundError as exc:
+            if exc.name != "trustme":
+                raise
+            missing = str(exc)
+        if missing is not None:  # outside the except: the report is that one line
+            pytest.fail(f"chaos_server: {missing}", pytrace=False)
         started.append(server)
         return server
 

@@ -7,7 +7,8 @@ once it accepts connections, so a parent process (any language) can read one lin
 Everything that can fail before that line does fail before it, with one line on stderr that
 names the cause: the ``--events`` file is opened and ``--cert``/``--key`` are loaded up front,
 and a listener that cannot bind is named (the chaos server or the control API) with its
-address. Exit codes: 2 for a bad option or file, 1 for an address that cannot be bound.
+address. Exit codes: 2 for a bad option or file, 1 for an address that cannot be bound (or
+TLS with a generated CA when trustme, the chaos extra, is not installed).
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ async def _serve(err: Console, options: RunOptions, sink: IO[str] | None) -> int
                           f"server: {describe_os_error(exc)}", 1)
     except ValueError as exc:
         return _fail(err, str(exc), 2)
+    except ImportError as exc:  # TLS without the chaos extra: the message names it
+        return _fail(err, str(exc), 1)
     except Exception as exc:  # one line, not a traceback, whatever went wrong
         return _fail(err, f"cannot start the chaos server: {type(exc).__name__}: {exc}", 1)
     print(server.url, flush=True)

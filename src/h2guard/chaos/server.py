@@ -29,6 +29,11 @@ from h2guard.chaos.ledger import Ledger
 from h2guard.chaos.model import Scenario
 from h2guard.events import EventLog
 
+TRUSTME_MISSING = (
+    "the chaos server's TLS needs a generated CA, which needs the chaos extra: "
+    "pip install 'h2guard[chaos]' (or serve h2c, or give your own certificate and key)")
+"""The message of the ImportError raised when TLS needs trustme and it is not installed."""
+
 __all__ = ["MAX_REQUEST_BODY", "ChaosServer", "ServerConfig"]
 
 
@@ -145,7 +150,12 @@ class ChaosServer:
         if cfg.certfile:
             ctx.load_cert_chain(cfg.certfile, cfg.keyfile)
             return ctx
-        import trustme
+        try:
+            import trustme
+        except ModuleNotFoundError as exc:
+            if exc.name != "trustme":
+                raise
+            raise ModuleNotFoundError(TRUSTME_MISSING, name="trustme") from None
 
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost", "::1")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import typer
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the commands' modules import typer themselves, when registered
+    import typer
 
 __all__ = ["register"]
 
