@@ -138,8 +138,10 @@ function one(sessions, spec, r) {
       rec.end = now();
       if (firstError !== null) {
         rec.error = describe(firstError);
-      } else if (!ended) {
-        rec.error = `ERR_HTTP2_STREAM_CLOSED: the stream closed before the response ended ` +
+      } else if (!ended || rec.status === null) {
+        // a session that closes under a stream ends it quietly, with no response at all
+        rec.error = `ERR_HTTP2_STREAM_CLOSED: the stream closed before the response ` +
+                    `${rec.status === null ? 'arrived' : 'ended'} ` +
                     `(rstCode ${stream === null ? 'n/a' : stream.rstCode})`;
       }
       emit(rec);
