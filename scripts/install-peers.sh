@@ -25,6 +25,10 @@ done
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   missing+=(postgresql)
 fi
+# h2guard bench: the HTML report test renders text in headless Chromium; it needs a font
+if [ ! -d /usr/share/fonts/truetype/dejavu ]; then
+  missing+=(fonts-dejavu-core)
+fi
 # h2guard bench: the OkHttp driver compiles against Debian's jars (okhttp.jar needs okio.jar)
 if [ ! -f /usr/share/java/okhttp.jar ] || [ ! -f /usr/share/java/okio.jar ]; then
   missing+=(libokhttp-java)

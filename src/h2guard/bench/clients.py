@@ -167,6 +167,26 @@ def _headers(req: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
+def _sender(client: Any, base: str, retry_on: type[Exception] | None = None,
+            retries: int = 0) -> Send:
+    """``send`` for an httpx-style client: one request, the whole body read; with
+    ``retries``, the blind loop (any ``retry_on`` error, 50 ms then 100 ms...)."""
+
+    async def send(req: Mapping[str, Any]) -> tuple[int, int]:
+        for attempt in range(retries + 1):
+            try:
+                resp = await client.request(str(req["method"]), base + str(req["path"]),
+                                            content=_body(req), headers=_headers(req))
+                return int(resp.status_code), len(resp.content)
+            except Exception as exc:
+                if retry_on is None or not isinstance(exc, retry_on) or attempt == retries:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return send
+
+
 class _Httpx:
     """``httpx.AsyncClient(http2=True)`` with its defaults; ``retries`` > 0 wraps each call in
     the blind loop people write (retry any ``httpx.TransportError``, small backoff)."""
@@ -192,23 +212,9 @@ class _Httpx:
         import httpx
 
         verify = ssl.create_default_context(cafile=str(spec["ca_file"]))
-        base = str(spec["url"])
-        retries = self.retries
         async with httpx.AsyncClient(http2=True, verify=verify,
                                      timeout=float(spec["timeout_s"])) as client:
-
-            async def send(req: Mapping[str, Any]) -> tuple[int, int]:
-                for attempt in range(retries + 1):
-                    try:
-                        resp = await client.request(str(req["method"]), base + str(req["path"]),
-                                                    content=_body(req), headers=_headers(req))
-                        return resp.status_code, len(resp.content)
-                    except httpx.TransportError:
-                        if attempt == retries:
-                            raise
-                        await asyncio.sleep(0.05 * 2**attempt)
-                raise AssertionError("unreachable")
-
+            send = _sender(client, str(spec["url"]), httpx.TransportError, self.retries)
             return await drive(spec, send, on_record=on_record, limit_s=limit_s)
 
 
@@ -235,13 +241,8 @@ class _H2guard:
         policy = h2guard.RetryPolicy(idempotency_keys=True)
         async with h2guard.AsyncClient(verify=verify, policy=policy,
                                        timeout=float(spec["timeout_s"])) as client:
-
-            async def send(req: Mapping[str, Any]) -> tuple[int, int]:
-                resp = await client.request(str(req["method"]), base + str(req["path"]),
-                                            content=_body(req), headers=_headers(req))
-                return resp.status_code, len(resp.content)
-
-            return await drive(spec, send, on_record=on_record, limit_s=limit_s)
+            return await drive(spec, _sender(client, base), on_record=on_record,
+                               limit_s=limit_s)
 
 
 class _Niquests:

@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from h2guard.bench.clients import ClientInfo, get_client
@@ -121,12 +121,6 @@ def _cell_limit(plan: Sequence[Sequence[Any]], concurrency: int, gap: float,
     for i, wave in enumerate(plan):
         total += (gap if i else 0.0) + math.ceil(len(wave) / max(1, concurrency)) * timeout
     return min(total, 600.0)
-
-
-@dataclass(slots=True)
-class _Plan:
-    scenario: BenchScenario
-    waves: list[list[Any]] = field(default_factory=list)
 
 
 async def run_bench(*, scenarios: Sequence[BenchScenario], clients: Sequence[str],

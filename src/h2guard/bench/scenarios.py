@@ -303,21 +303,19 @@ def select_scenarios(names: Sequence[str], *, quick: bool,
     ``middlebox`` name groups), else the quick set or everything; ``extra_files`` are bench
     scenario files of the user's own."""
     known = all_scenarios()
-    by_name = {s.name: s for s in known}
+    own: list[BenchScenario] = []
     for path in extra_files:
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
         except OSError as exc:
             raise ScenarioError(f"cannot read: {exc.strerror or exc}", origin=path) from None
-        s = load_bench_scenario(text, origin=path)
-        by_name[s.name] = s
-        known.append(s)
-    if not names:
-        chosen = [s for s in known if s.quick] if quick else known
-        chosen += [by_name[n] for n in by_name if n not in {c.name for c in chosen}
-                   and any(by_name[n].origin == p for p in extra_files)]
-        return chosen
+        own.append(load_bench_scenario(text, origin=path))
+    known += own
+    by_name = {s.name: s for s in known}
+    if not names:  # the user's own files always run, quick or not
+        chosen = [s for s in known if s.quick or not quick]
+        return chosen + [s for s in own if s not in chosen]
     out: list[BenchScenario] = []
     for name in names:
         if name in ("targeted", "middlebox"):

@@ -20,7 +20,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 __all__ = ["Dialer", "ProxyError", "env_proxy"]
 
@@ -72,7 +71,7 @@ class Dialer:
                 await asyncio.sleep(0.5 * 2 ** attempt)
                 attempt += 1
 
-    def _sock(self, host: str, port: int) -> socket.socket | None:
+    def _sock(self, host: str) -> socket.socket | None:
         """A socket carrying ``local_address`` and ``socket_options``, or None for asyncio's
         own (which also tries every address of a name)."""
         if not self.local_address and not self.socket_options:
@@ -98,7 +97,7 @@ class Dialer:
                    server_hostname: str | None) -> tuple[asyncio.BaseTransport,
                                                          asyncio.Protocol]:
         loop = asyncio.get_running_loop()
-        sock = self._sock(host, port)
+        sock = self._sock(host)
         if sock is not None:
             try:
                 await loop.sock_connect(sock, (host, port))
@@ -191,15 +190,6 @@ class _Tunnel(asyncio.Protocol):
         if not self.reply.done():
             self.reply.set_exception(ProxyError("the proxy closed the connection before "
                                                 "answering CONNECT"))
-
-    def pause_writing(self) -> None:  # pragma: no cover - a CONNECT line never fills a buffer
-        pass
-
-    def resume_writing(self) -> None:  # pragma: no cover
-        pass
-
-    def eof_received(self) -> Any:
-        return None
 
 
 def env_proxy(scheme: str, host: str) -> str | None:

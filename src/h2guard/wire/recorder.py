@@ -21,13 +21,11 @@ from __future__ import annotations
 import logging
 import struct
 from collections import deque
-from typing import Literal
 
-from h2guard.wire.trace import FrameParser, TracedFrame, frame_type_name
+from h2guard.wire.trace import Direction, FrameParser, TracedFrame, frame_type_name
 
 __all__ = ["FlightRecorder"]
 
-Direction = Literal["send", "recv"]
 
 _PREFACE_LEN = 24
 _DATA, _HEADERS, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x5, 0x9
