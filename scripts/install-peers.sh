@@ -35,7 +35,7 @@ if [ ! -f /usr/share/java/okhttp.jar ] || [ ! -f /usr/share/java/okio.jar ]; the
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "peers: all present (curl, nghttp, h2load, nginx, haproxy, redis-server, postgresql," \
-       "go, javac, node, libokhttp-java, chromium)"
+       "go, javac, node, libokhttp-java, chromium, fonts-dejavu-core, tinyproxy)"
   exit 0
 fi
 pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
