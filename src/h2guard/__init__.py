@@ -7,7 +7,8 @@ middleware and bench follow).
 
 from __future__ import annotations
 
-from h2guard.client.transport import AsyncHTTPTransport, HTTPTransport
+from h2guard.client.sync import HTTPTransport
+from h2guard.client.transport import AsyncHTTPTransport
 from h2guard.clients import AsyncClient, Client
 from h2guard.errors import Failure, failure_of
 from h2guard.retry import RetryPolicy, RetryTransport

@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from h2guard.client.transport import AsyncHTTPTransport, HTTPTransport
+from h2guard.client.sync import HTTPTransport
+from h2guard.client.transport import AsyncHTTPTransport
 from h2guard.events import EventLog
 from h2guard.retry.policy import RetryPolicy
 from h2guard.retry.transport import RetryInfo, RetryTransport
