@@ -14,7 +14,7 @@ import logging
 import os
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, Literal, cast
 
 from h2guard.client.dial import Dialer
@@ -35,6 +35,7 @@ from h2guard.wire.events import (
     TrailersReceived,
     WindowUpdated,
 )
+from h2guard.wire.liveness import Liveness
 from h2guard.wire.recorder import FlightRecorder
 
 __all__ = ["Connection", "ConnectionSettings", "GoAwayTrust", "StreamState", "TrustGoAway"]
@@ -62,6 +63,7 @@ _MCS = 0x3
 _SEND_SLICE = 1 << 16  # request body bytes handed to the core per call
 _BATCH = 16  # request HEADERS per write at most, when many are opened in one loop tick
 _DIRECT = Dialer()
+_NEVER = float("inf")
 _VIOLATION_WATCH = 1.0
 """Seconds a drained connection stays open after moving streams off it, to see whether the
 server answers one of them anyway (and so learn not to trust its GOAWAYs)."""
@@ -158,8 +160,8 @@ class Signal:
 class StreamState:
     """What one request's stream has seen so far; the transport's response reads from it."""
 
-    __slots__ = ("body_done", "chunks", "conn", "ended", "failure", "headers", "readable",
-                 "response", "sid", "status", "writable")
+    __slots__ = ("body_done", "chunks", "conn", "ended", "failure", "headers", "read_timeout",
+                 "readable", "response", "sid", "status", "writable")
 
     def __init__(self, conn: Connection, sid: int) -> None:
         self.conn = conn
@@ -174,6 +176,7 @@ class StreamState:
         self.ended = False
         self.body_done = False  # our request body is fully sent
         self.failure: Failure | None = None
+        self.read_timeout: float | None = None
 
     def fail(self, failure: Failure) -> None:
         if self.failure is not None or (self.ended and self.response.done()):
@@ -218,8 +221,10 @@ class Connection(asyncio.Protocol):
         self.write_ready = asyncio.Event()
         self.write_ready.set()
         self.ping_waiter: asyncio.Future[float] | None = None
-        self._ping_deadline: float | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
+        self.liveness = Liveness(ping_interval=settings.ping_interval,
+                                 ping_timeout=settings.ping_timeout)
+        self._timer: asyncio.TimerHandle | None = None  # the connection's one timer
+        self._timer_at = _NEVER
         self.requests = 0
         self._watch_until = 0.0
         self._watch_timer: asyncio.TimerHandle | None = None
@@ -331,7 +336,7 @@ class Connection(asyncio.Protocol):
                 waiter = self.ping_waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(ev.rtt or 0.0)
-                self._ping_deadline = None
+                self.liveness.pong()
             elif isinstance(ev, TrailersReceived):
                 st = self.streams.get(ev.stream_id)
                 if st is not None:
@@ -398,6 +403,8 @@ class Connection(asyncio.Protocol):
         st.status = int(status_raw or b"0")
         st.headers = [(k, v) for k, v in ev.headers if k[:1] != b":"]
         st.response.set_result(None)
+        if st.read_timeout is not None:
+            self.liveness.answered(st.sid)
 
     def _on_reset(self, ev: StreamReset) -> None:
         st = self.streams.pop(ev.stream_id, None)
@@ -491,8 +498,9 @@ class Connection(asyncio.Protocol):
             st.fail(Failure(kind, "maybe", code, sid, self.core.goaway_received, self.origin,
                             detail, trace=trace))
         self.streams.clear()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._watch_timer is not None:
             self._watch_timer.cancel()
         if self.transport is not None:
@@ -532,8 +540,56 @@ class Connection(asyncio.Protocol):
             self._flush()
         else:
             self._flush_soon()
-        self._arm_watchdog()
+        if self._timer is None:
+            self._arm()
         return st
+
+    async def exchange(self, headers: Headers, *, body: Iterable[bytes] | AsyncIterable[bytes]
+                       | None, write_timeout: float | None,
+                       read_timeout: float | None) -> StreamState:
+        """Send one request on a new stream; return once its response started or it failed.
+
+        The answer is the stream's ``failure``: None — done (status, headers and the body's
+        first chunks are on the stream); ``processed == "no"`` — the server provably never
+        processed it, so it may go to another connection; anything else — failed. ``body`` is
+        None for no body. Raises ConnectionError if this connection would not open a stream
+        (it is going away: the caller tries another)."""
+        st = self.open_stream(headers, end_stream=body is None)
+        try:
+            if body is not None:
+                await self._send_body(st, body, write_timeout)
+            if not st.response.done():
+                if read_timeout is not None:
+                    self.expect_response(st, read_timeout)
+                await st.response
+        except asyncio.CancelledError:
+            self.cancel(st)
+            raise
+        return st
+
+    def expect_response(self, st: StreamState, timeout: float) -> None:
+        """The response to ``st`` must start within ``timeout`` seconds from now, or the
+        stream fails as ``timeout`` and is reset (one timer per connection, not per stream)."""
+        st.read_timeout = timeout
+        if self.liveness.watch(st.sid, self.loop.time() + timeout) or self._timer is None:
+            self._arm()
+
+    async def _send_body(self, st: StreamState,
+                         chunks: Iterable[bytes] | AsyncIterable[bytes],
+                         timeout: float | None) -> None:
+        try:
+            if isinstance(chunks, AsyncIterable):
+                async for chunk in chunks:
+                    await self.send_body(st, chunk, timeout=timeout)
+            else:
+                for chunk in chunks:
+                    await self.send_body(st, chunk, timeout=timeout)
+        except TimeoutError:
+            st.fail(Failure("write", "maybe", None, st.sid, None, self.origin,
+                            f"the server took no more body within {timeout} s"))
+            self.cancel(st)
+            return
+        self.end_body(st)
 
     async def send_body(self, st: StreamState, chunk: bytes, *, timeout: float | None) -> None:
         """Send one chunk of request body, waiting for window and socket as needed."""
@@ -601,29 +657,42 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ liveness
 
-    def _arm_watchdog(self) -> None:
-        if self._watchdog is None and self.cfg.ping_interval > 0:
-            self._watchdog = self.loop.call_later(self.cfg.ping_interval, self._watch)
+    def _arm(self) -> None:
+        """(Re)arm the connection's one timer for the next moment :attr:`liveness` has
+        something to decide: a stream's read deadline or the silent-connection PING check."""
+        due = self.liveness.due(self.core.last_frame_at, waiting=bool(self.streams))
+        if due is None or self.closed:
+            return
+        if self._timer is not None:
+            if self._timer_at <= due:
+                return
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = self.loop.call_at(due, self._on_timer)
 
-    def _watch(self) -> None:
-        """While streams wait, a silent connection gets a PING; no answer in time: abandon."""
-        self._watchdog = None
-        if self.closed or not self.streams:
+    def _on_timer(self) -> None:
+        """Read deadlines that passed fail their streams; a connection silent while requests
+        wait gets a PING; a PING unanswered within ping_timeout abandons the connection."""
+        self._timer = None
+        self._timer_at = _NEVER
+        if self.closed:
             return
         now = self.loop.time()
-        deadline = self._ping_deadline
-        if deadline is not None and now >= deadline:
+        verdict = self.liveness.expire(now, self.core.last_frame_at, waiting=bool(self.streams))
+        for sid in verdict.expired:
+            st = self.streams.get(sid)
+            if st is not None and not st.response.done():
+                st.fail(self._failure("timeout", "maybe", sid,
+                                      detail=f"no response within {st.read_timeout} s"))
+                self.cancel(st)
+        if verdict.dead:
             self.abandon(f"no PING answer within {self.cfg.ping_timeout:g} s while waiting "
                          "for a response")
             return
-        silent = now - self.core.last_frame_at
-        if deadline is None and silent >= self.cfg.ping_interval:
+        if verdict.ping:
             self.core.ping(os.urandom(8), now)
             self._flush()
-            self._ping_deadline = now + self.cfg.ping_timeout
-        next_check = self.cfg.ping_timeout if self._ping_deadline else \
-            max(self.cfg.ping_interval - silent, 0.05)
-        self._watchdog = self.loop.call_later(next_check, self._watch)
+        self._arm()
 
     # ------------------------------------------------------------------ plumbing
 

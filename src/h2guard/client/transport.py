@@ -23,13 +23,12 @@ import errno
 import os
 import random
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import Any, cast
 
 import httpx
 
 from h2guard.client.connection import (
-    Connection,
     ConnectionSettings,
     GoAwayTrust,
     StreamState,
@@ -39,10 +38,12 @@ from h2guard.client.dial import Dialer, env_proxy
 from h2guard.client.pool import OriginPool, PoolFailure, PoolSettings
 from h2guard.errors import Failure, attach
 from h2guard.events import EventLog
+from h2guard.resend import why_not_resend
 from h2guard.wire.events import Headers
 
 __all__ = ["AsyncHTTPTransport"]
 
+_NO_TIMEOUTS: dict[str, float | None] = {}
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                          b"upgrade", b"host", b"http2-settings"})
 
@@ -208,34 +209,36 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise RuntimeError("the transport is closed")
-        url = request.url
-        scheme = url.raw_scheme
-        if scheme == b"http" and not self._prior_knowledge:
+        if request.url.raw_scheme == b"http" and not self._prior_knowledge:
             return await self._via_http1(request)
         pool = self._pool_for(request)
-        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        attempt = refused = drained = 0
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", _NO_TIMEOUTS)
         # RetryTransport sets 0: it makes every retry decision (and budgets them) itself
         limit: int = request.extensions.get("h2guard.transparent_retries", self._retries)
-        replayable = isinstance(request.stream, httpx.ByteStream)
-        body_started = False
+        headers = _h2_headers(request)
+        body = _body_of(request)
+        replayable = body is None or isinstance(request.stream, httpx.ByteStream)
+        attempt = refused = drained = 0
         while True:
             attempt += 1
-            try:
-                conn = pool.ready_connection() or await pool.acquire(timeout=timeouts.get("pool"))
-            except PoolFailure as exc:
-                failure = exc.failure
-                if failure.kind == "connect" and attempt <= 2 and limit:
-                    await asyncio.sleep(0.05 * attempt)  # one quick second try: nothing sent
-                    continue
-                raise attach(_with_attempts(failure, attempt), request=request) from None
-            except httpx.TransportError as exc:  # the connection's own final verdict
-                exc.request = request  # (not_http2: the server answered in HTTP/1.x)
-                raise
+            conn = pool.ready_connection()
             if conn is None:
-                return await self._via_http1(request)
+                try:
+                    conn = await pool.acquire(timeout=timeouts.get("pool"))
+                except PoolFailure as exc:
+                    if exc.failure.kind == "connect" and attempt <= 2 and limit:
+                        await asyncio.sleep(0.05 * attempt)  # one quick second try: nothing sent
+                        continue
+                    raise attach(_with_attempts(exc.failure, attempt),
+                                 request=request) from None
+                except httpx.TransportError as exc:  # the connection's own final verdict
+                    exc.request = request  # (not_http2: the server answered in HTTP/1.x)
+                    raise
+                if conn is None:
+                    return await self._via_http1(request)
             try:
-                st = conn.open_stream(_h2_headers(request), end_stream=_empty(request))
+                st = await conn.exchange(headers, body=body, write_timeout=timeouts.get("write"),
+                                         read_timeout=timeouts.get("read"))
             except ConnectionError:  # h2 would not open it (the connection is going away)
                 conn._retire("could not open a stream")
                 if attempt <= max(limit, 1):
@@ -243,60 +246,42 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                 raise attach(Failure("connect", "no", None, None, None, pool.origin,
                                      "no connection would open a stream", attempt),
                              request=request) from None
-            try:
-                if not st.body_done:
-                    body_started = True
-                    await self._send_body(conn, st, request, timeouts.get("write"))
-                read_timeout = timeouts.get("read")
-                if read_timeout is None:
-                    await st.response
-                else:
-                    # a bare timer, not asyncio.timeout(): it is on every request's path
-                    timer = conn.loop.call_later(read_timeout, _response_timed_out, st,
-                                                 read_timeout)
-                    try:
-                        await st.response
-                    finally:
-                        timer.cancel()
-            except TimeoutError:  # the request body could not be written in time
-                conn.cancel(st)
-                raise attach(Failure("timeout", "maybe", None, st.sid, None, pool.origin,
-                                     f"no response within {timeouts.get('read')} s",
-                                     attempt), request=request) from None
-            except asyncio.CancelledError:
-                conn.cancel(st)
-                raise
-            if st.failure is None:
-                return httpx.Response(
-                    st.status, headers=st.headers, stream=_ResponseStream(st, timeouts),
-                    extensions={"http_version": b"HTTP/2", "h2guard_stream_id": st.sid,
-                                "h2guard_attempts": attempt})
+            if st.failure is None:  # done
+                return _response(st, timeouts, attempt)
             failure = st.failure
-            if failure.kind == "refused_stream" and not self._trust_refused:
-                failure = dataclasses.replace(failure, processed="maybe", detail=(
-                    "REFUSED_STREAM, not trusted to mean unprocessed (trust_refused_stream="
-                    "False: a proxy such as haproxy may send it after the app ran)"))
             if failure.kind == "goaway_unprocessed":
                 drained += 1  # a draining server is alive: allow more moves, still bounded
             else:
                 refused += 1
             if failure.kind == "http_1_1_required":
                 pool.downgrade("RST_STREAM HTTP_1_1_REQUIRED")
-            within = refused <= limit and drained <= 3 * limit
-            if failure.processed == "no" and within and (replayable or not body_started):
+            # this loop moves only what was never processed (safe=False); the rest is
+            # RetryTransport's to decide, by method and key
+            why = why_not_resend(failure, safe=False, body_resendable=replayable,
+                                 trust_refused_stream=self._trust_refused)
+            if why is None and refused <= limit and drained <= 3 * limit:  # unprocessed: move
                 self.events.emit("client.transparent_retry", origin=pool.origin,
                                  reason=failure.kind, attempt=attempt, stream=failure.stream_id)
                 if failure.kind == "refused_stream" and refused > 1:
                     # a server refusing again and again is overloaded: back off, with jitter
                     await asyncio.sleep(self._rng.uniform(0, min(0.25, 0.01 * 2 ** refused)))
                 continue
-            if failure.processed == "no" and limit and not replayable and body_started:
-                failure = Failure("body_not_replayable", "no", failure.code, failure.stream_id,
-                                  failure.last_stream_id, failure.origin,
-                                  f"{failure.explain()} It was not sent again because the "
-                                  "request body is a one-shot stream: pass bytes (content=...) "
-                                  "to make it replayable.", trace=failure.trace)
-            raise attach(_with_attempts(failure, attempt), request=request)
+            raise attach(_with_attempts(self._final(failure, why, limit), attempt),
+                         request=request)  # failed
+
+    def _final(self, failure: Failure, why: str | None, limit: int) -> Failure:
+        """The failure the caller sees, saying why it was not moved when that is not plain."""
+        if failure.kind == "refused_stream" and not self._trust_refused:
+            return dataclasses.replace(failure, processed="maybe", detail=(
+                "REFUSED_STREAM, not trusted to mean unprocessed (trust_refused_stream="
+                "False: a proxy such as haproxy may send it after the app ran)"))
+        if why == "one_shot_body" and failure.processed == "no" and limit:
+            return Failure("body_not_replayable", "no", failure.code, failure.stream_id,
+                           failure.last_stream_id, failure.origin,
+                           f"{failure.explain()} It was not sent again because the request "
+                           "body is a one-shot stream: pass bytes (content=...) to make it "
+                           "replayable.", trace=failure.trace)
+        return failure
 
     async def aclose(self) -> None:
         self._closed = True
@@ -330,27 +315,6 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             self._pools[key] = pool
         return pool
 
-    async def _send_body(self, conn: Connection, st: StreamState, request: httpx.Request,
-                         timeout: float | None) -> None:
-        stream = request.stream
-        if isinstance(stream, httpx.ByteStream):
-            chunks: Any = [b"".join(stream)]
-        else:
-            chunks = stream
-        try:
-            if hasattr(chunks, "__aiter__"):
-                async for chunk in chunks:
-                    await conn.send_body(st, chunk, timeout=timeout)
-            else:
-                for chunk in chunks:
-                    await conn.send_body(st, chunk, timeout=timeout)
-        except TimeoutError:
-            st.fail(Failure("write", "maybe", None, st.sid, None, conn.origin,
-                            f"the server took no more body within {timeout} s"))
-            conn.cancel(st)
-            return
-        conn.end_body(st)
-
     def _proxy_for(self, url: httpx.URL) -> str | None:
         """The proxy for this origin: ``proxy=``, else (``trust_env``) the environment's."""
         if self._dialer.proxy is not None or not self._trust_env:
@@ -378,14 +342,6 @@ def origin_of(url: httpx.URL) -> str:
     retry budget name an origin."""
     port = url.port or (443 if url.raw_scheme == b"https" else 80)
     return f"{url.scheme}://{url.host}:{port}"
-
-
-def _response_timed_out(st: StreamState, seconds: float) -> None:
-    """The read timeout passed with no response HEADERS: fail (and reset) the stream."""
-    if not st.response.done():
-        st.fail(Failure("timeout", "maybe", None, st.sid, None, st.conn.origin,
-                        f"no response within {seconds} s"))
-        st.conn.cancel(st)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -435,27 +391,55 @@ def _with_attempts(failure: Failure, attempts: int) -> Failure:
                    failure.extra, trace=failure.trace)
 
 
-def _empty(request: httpx.Request) -> bool:
+def _body_of(request: httpx.Request) -> Iterable[bytes] | AsyncIterable[bytes] | None:
+    """What to send as the request body: None for none (HEADERS carry END_STREAM), bytes as
+    one chunk, anything else as the stream it is."""
     stream = request.stream
     if isinstance(stream, httpx.ByteStream):
         held = getattr(stream, "_stream", None)  # httpx keeps the bytes: look, do not iterate
         if isinstance(held, bytes):
-            return not held
-        return all(len(chunk) == 0 for chunk in stream)
-    return bool(request.headers.get("content-length") == "0")
+            return (held,) if held else None
+        joined = b"".join(stream)
+        return (joined,) if joined else None
+    if request.headers.get("content-length") == "0":
+        return None
+    return cast(Iterable[bytes] | AsyncIterable[bytes], stream)
+
+
+def _response(st: StreamState, timeouts: dict[str, float | None],
+              attempt: int) -> httpx.Response:
+    """The httpx response for a stream whose response started. A body that already arrived
+    whole (the usual small response: HEADERS and DATA in one read) is handed over as bytes,
+    with no reader in between; the core gave its flow-control credit back when it ended."""
+    if st.ended and st.failure is None:
+        chunks = st.chunks
+        content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        stream: httpx.AsyncByteStream = httpx.ByteStream(content)
+    else:
+        stream = _ResponseStream(st, timeouts)
+    return httpx.Response(st.status, headers=st.headers, stream=stream,
+                          extensions={"http_version": b"HTTP/2", "h2guard_stream_id": st.sid,
+                                      "h2guard_attempts": attempt})
 
 
 def _h2_headers(request: httpx.Request) -> Headers:
     url = request.url
-    authority = request.headers.get("host", "").encode("latin-1") or url.netloc
+    fields = request.headers
+    authority = url.netloc
+    raw: Any = getattr(fields, "_list", None)  # httpx's (raw name, lower name, value) triples
+    if raw is None:  # pragma: no cover - another httpx: the public, slower view
+        raw = [(k, k.lower(), v) for k, v in fields.raw]
     headers: Headers = [(b":method", request.method.encode("latin-1")),
                         (b":scheme", b"https" if url.raw_scheme == b"https" else b"http"),
                         (b":authority", authority), (b":path", url.raw_path)]
-    for key, value in request.headers.raw:
-        name = key.lower()
+    append = headers.append
+    for _, name, value in raw:
         if name in _HOP_BY_HOP:
+            if name == b"host" and value:
+                headers[2] = (b":authority", value)
             continue
         if name == b"te" and value.lower() != b"trailers":
             continue
-        headers.append((name, value))
+        append((name, value))
     return headers
