@@ -1,7 +1,7 @@
-"""How fast is h2guard's HTTP/2 client? One connection, 50 concurrent GETs, four clients.
+"""How fast is h2guard's HTTP/2 client? One connection, 50 concurrent GETs, ten clients.
 
 Against a real nginx (h2c, prior knowledge) and against ``h2guard chaos serve --h2c``, the same
-load is driven by:
+load is driven by, in the async section (``--concurrency`` requests in flight):
 
 * ``httpx``: raw httpx, ``AsyncClient(http1=False, http2=True)`` limited to one connection;
 * ``niquests``: ``AsyncSession`` with HTTP/1.1 and HTTP/3 disabled (so: h2c), one pooled
@@ -10,21 +10,47 @@ load is driven by:
   and normalisation off for outbound headers, received data acknowledged at once, one write per
   loop tick): the ceiling of a pure-Python h2 client with an awaitable API;
 * ``h2guard``: ``httpx.AsyncClient(transport=h2guard.AsyncHTTPTransport(
-  http2_prior_knowledge=True))``. If that cannot be imported its column is ``{"error": ...}``.
+  http2_prior_knowledge=True))``. If that cannot be imported its column is ``{"error": ...}``;
+* ``h2guard-norec``: the same with the flight recorder off (``flight_recorder=0``);
+* ``httpx-instant``: ``httpx.AsyncClient`` over a transport written here that answers every
+  request at once, in-process, with what nginx answers for ``/bytes/16`` (it yields to the
+  event loop once per request, as any real transport must, so the workers interleave). It
+  never touches the network: it is httpx's own ceiling, the most h2guard can reach through
+  httpx;
+* ``pycurl``: libcurl + nghttp2 (C), a ``CurlMulti`` with multiplexing on and one connection,
+  easy handles with HTTP/2 prior knowledge and ``PIPEWAIT``, reused; ``--concurrency``
+  transfers in flight. Not asyncio (libcurl's own loop), a reference for what C does. If
+  pycurl is missing its column is ``{"error": ...}``.
+
+and in the sync section (``--threads`` threads sharing ONE client and one h2c connection):
+
+* ``h2guard-sync``: ``httpx.Client(transport=h2guard.HTTPTransport(http2_prior_knowledge=True))``;
+* ``httpx-sync``: ``httpx.Client(http1=False, http2=True)`` limited to one connection;
+* ``niquests-sync``: ``niquests.Session`` set up like the async one (no HTTP/1.1, no HTTP/3,
+  one pooled connection).
 
 Each run happens in a fresh child process (same interpreter, same event loop), which opens one
-connection, sends a warm-up wave, then times N requests with ``--concurrency`` workers; it
-reports req/s and per-request latency (p50/p99). A short calibration run per client first sizes
-N per client so that slow clients finish in about ``--seconds`` (never more than ``--requests``).
-Rounds alternate the clients (the order rotates every round) so that this machine's drift hits
-all alike; ratios are medians of per-round ratios. The number of connections and the protocol
-each run used are read from nginx's access log and the chaos server's ``/stats``.
+connection, sends a warm-up wave, then times N requests with ``--concurrency`` workers (tasks,
+curl transfers, or ``--threads`` threads); it reports req/s and per-request latency (p50/p99).
+A short calibration run per client first sizes N per client so that slow clients finish in
+about ``--seconds`` (never more than ``--requests``, ``--sync-requests`` for the sync clients).
+Rounds alternate all the clients, sync and async (the order rotates every round), so that this
+machine's drift hits all alike and sync and async ratios come from the same run; ratios are
+medians of per-round ratios. The number of connections and the protocol each run used are read
+from nginx's access log and the chaos server's ``/stats`` (pycurl also counts its own).
 
-Prints one JSON object; never asserts on time. Targets (issue): h2guard >= 3x httpx, >= 2x
-niquests, >= 0.5x the bare loop.
+Prints one JSON object; never asserts on time. Targets (``meets_target`` per ratio; the
+top-level ``acceptance`` sums them up, on nginx when it ran):
+
+* h2guard >= 0.8x httpx-instant (goal 0.9x), >= 5x httpx, >= 3x niquests, >= 0.5x bare;
+* h2guard-sync >= 2x httpx-sync, and >= 0.6x h2guard (the sync transport vs the async one);
+* h2guard >= 0.97x h2guard-norec (the flight recorder costs nothing visible).
+
+h2guard/pycurl, niquests/httpx, bare/httpx and niquests-sync/httpx-sync are context, no target.
 
     .venv/bin/python benchmarks/client_throughput.py [--requests 20000] [--rounds 3]
-        [--concurrency 50] [--target nginx|chaos|both] [--seconds 10] [--loop asyncio|uvloop]
+        [--concurrency 50] [--threads 20] [--sync-requests 4000] [--target nginx|chaos|both]
+        [--seconds 10] [--loop asyncio|uvloop] [--clients h2guard,httpx-instant] [--quiet]
 """
 
 from __future__ import annotations
@@ -32,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email.utils
 import importlib.metadata
 import json
 import os
@@ -43,19 +70,26 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-CLIENTS = ("httpx", "niquests", "bare", "h2guard", "h2guard-norec")
+ASYNC_CLIENTS = ("httpx", "niquests", "bare", "h2guard", "h2guard-norec", "httpx-instant")
 # h2guard-norec: h2guard with its flight recorder off (flight_recorder=0), so the recorder's
 # cost shows as the ratio h2guard/h2guard-norec (target: 1.0, no regression)
+CURL_CLIENTS = ("pycurl",)  # its own (C) event loop, --concurrency transfers in flight
+SYNC_CLIENTS = ("h2guard-sync", "httpx-sync", "niquests-sync")  # --threads threads, one client
+CLIENTS = ASYNC_CLIENTS + CURL_CLIENTS + SYNC_CLIENTS
 PATH = "/bytes/16"
 BODY_LEN = 16
-TARGETS = {"h2guard/httpx": 3.0, "h2guard/niquests": 2.0, "h2guard/bare": 0.5,
+TARGETS = {"h2guard/httpx-instant": 0.8, "h2guard/httpx": 5.0, "h2guard/niquests": 3.0,
+           "h2guard/bare": 0.5, "h2guard-sync/httpx-sync": 2.0, "h2guard-sync/h2guard": 0.6,
            "h2guard/h2guard-norec": 0.97}
+STRETCH_GOALS = {"h2guard/httpx-instant": 0.9}  # reported beside the target as goal/meets_goal
+CONTEXT_RATIOS = ("h2guard/pycurl", "niquests/httpx", "bare/httpx", "niquests-sync/httpx-sync")
 # Measured on the project's machines (docs/facts.md §7 and the issue), for context only.
 REFERENCE = {"nginx_h2c_req_per_s": {"httpx": 1100, "niquests": 1600, "bare": 6500,
                                      "h2load": 160000}}
@@ -63,8 +97,10 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 CALIBRATION_SECONDS = 2.0
 MAX_ERRORS = 200  # a worker run stops starting requests after this many failures
+STUCK_GRACE = 30.0  # a run still busy this long after its deadline is abandoned
 
 Get = Callable[[str], Awaitable[tuple[int, int, str]]]  # path -> (status, body length, version)
+SyncGet = Callable[[str], tuple[int, int, str]]  # the same, blocking
 
 
 # ===================================================================================== worker
@@ -190,15 +226,53 @@ class _BareH2Client(asyncio.Protocol):
         return await fut
 
 
+def _instant_transport() -> Any:
+    """An ``httpx.AsyncBaseTransport`` that answers every request at once, in-process, with
+    what nginx answers for ``/bytes/16``: status 200, nginx's four headers, 16 bytes, HTTP/2.
+    It yields to the event loop once per request (any real transport waits for the network at
+    least once), so the driver's workers interleave as they do over a socket."""
+    import httpx
+
+    body = b"0123456789abcdef"
+    assert len(body) == BODY_LEN
+
+    class InstantBody(httpx.AsyncByteStream):
+        __slots__ = ()
+
+        async def __aiter__(self) -> Any:
+            yield body
+
+    class InstantTransport(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.second = -1
+            self.date = b""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            now = int(time.time())
+            if now != self.second:  # nginx too formats its Date once a second
+                self.second = now
+                self.date = email.utils.formatdate(now, usegmt=True).encode()
+            await asyncio.sleep(0)
+            return httpx.Response(200, headers=[
+                (b"server", b"nginx"), (b"date", self.date),
+                (b"content-type", b"application/octet-stream"), (b"content-length", b"16")],
+                stream=InstantBody(), extensions={"http_version": b"HTTP/2"})
+
+    return InstantTransport()
+
+
 @contextlib.asynccontextmanager
 async def _client(name: str, base: str, concurrency: int) -> Any:
     """Yield ``get(path) -> (status, body length, http version)`` for one client."""
-    if name in ("httpx", "h2guard", "h2guard-norec"):
+    if name in ("httpx", "h2guard", "h2guard-norec", "httpx-instant"):
         import httpx
 
         if name == "httpx":
             client = httpx.AsyncClient(http1=False, http2=True, base_url=base,
                                        limits=httpx.Limits(max_connections=1), timeout=30)
+        elif name == "httpx-instant":
+            client = httpx.AsyncClient(transport=_instant_transport(), base_url=base,
+                                       timeout=30)
         else:
             try:
                 import h2guard
@@ -234,13 +308,13 @@ async def _client(name: str, base: str, concurrency: int) -> Any:
     elif name == "bare":
         host, port = base.removeprefix("http://").rsplit(":", 1)
         loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_connection(
+        sock, proto = await loop.create_connection(
             lambda: _BareH2Client(f"{host}:{port}".encode()), host, int(port))
         try:
             await asyncio.wait_for(proto.settings_received, 10)
             yield proto.get
         finally:
-            transport.close()
+            sock.close()
     else:
         raise ValueError(f"unknown client {name!r}")
 
@@ -280,7 +354,12 @@ async def drive(one: Callable[[int], Awaitable[str | None]], n: int, concurrency
             latencies.append(clock() - t0)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-    elapsed = clock() - start
+    return _summary(latencies, errors, issued, n, clock() - start)
+
+
+def _summary(latencies: list[float], errors: list[str], issued: int, n: int,
+             elapsed: float) -> dict[str, Any]:
+    """The fields every driver reports: counts, req/s, p50/p99 of the good calls."""
     latencies.sort()
 
     def pct(q: float) -> float | None:
@@ -292,6 +371,59 @@ async def drive(one: Callable[[int], Awaitable[str | None]], n: int, concurrency
             "first_errors": sorted(set(errors))[:3], "seconds": round(elapsed, 3),
             "req_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
             "p50_ms": pct(0.50), "p99_ms": pct(0.99), "truncated": issued < n}
+
+
+class _Stuck(Exception):
+    """A run's threads did not finish STUCK_GRACE seconds after its deadline."""
+
+
+def drive_threads(one: Callable[[int], str | None], n: int, threads: int,
+                  max_seconds: float) -> dict[str, Any]:
+    """``drive`` with ``threads`` threads calling a blocking ``one``: the same stopping rules
+    (no new call after ``max_seconds`` or ``MAX_ERRORS`` failures) and the same report. Raises
+    ``_Stuck`` if a thread is still in a call ``STUCK_GRACE`` seconds after the deadline (the
+    threads are daemons: the process can still exit)."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    issued = 0
+    lock = threading.Lock()
+    clock = time.perf_counter
+    start = clock()
+    stop_at = start + max_seconds
+
+    def worker() -> None:
+        nonlocal issued
+        while True:
+            t0 = clock()
+            with lock:
+                if issued >= n or len(errors) >= MAX_ERRORS or t0 > stop_at:
+                    return
+                i = issued
+                issued += 1
+            try:
+                error = one(i)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            if error is not None:
+                with lock:
+                    errors.append(error)
+                continue
+            latency = clock() - t0
+            with lock:
+                latencies.append(latency)
+
+    pool = [threading.Thread(target=worker, name=f"bench-{k}", daemon=True)
+            for k in range(min(threads, n))]
+    for thread in pool:
+        thread.start()
+    give_up = stop_at + STUCK_GRACE
+    for thread in pool:
+        thread.join(max(0.0, give_up - clock()))
+    if any(thread.is_alive() for thread in pool):
+        raise _Stuck(f"{sum(t.is_alive() for t in pool)} of {len(pool)} threads still in a "
+                     f"request {STUCK_GRACE:.0f} s after the deadline "
+                     f"({len(latencies)} ok, {len(errors)} errors)")
+    return _summary(latencies, errors, issued, n, clock() - start)
 
 
 async def _drive(get: Get, n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
@@ -308,6 +440,213 @@ async def _drive(get: Get, n: int, concurrency: int, max_seconds: float) -> dict
     result = await drive(one, n, concurrency, max_seconds)
     result["http_versions"] = versions
     return result
+
+
+def _drive_sync(get: SyncGet, n: int, threads: int, max_seconds: float) -> dict[str, Any]:
+    """``_drive`` for a blocking ``get`` shared by ``threads`` threads."""
+    versions: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def one(_i: int) -> str | None:
+        status, length, version = get(PATH)
+        if status != 200 or length != BODY_LEN:
+            return f"status {status}, {length} body bytes"
+        with lock:
+            versions[version] = versions.get(version, 0) + 1
+        return None
+
+    result = drive_threads(one, n, threads, max_seconds)
+    result["http_versions"] = versions
+    return result
+
+
+@contextlib.contextmanager
+def _sync_client(name: str, base: str) -> Iterator[SyncGet]:
+    """Yield a blocking ``get(path) -> (status, body length, http version)``, one client
+    (one connection) that all the threads share."""
+    if name in ("h2guard-sync", "httpx-sync"):
+        import httpx
+
+        if name == "httpx-sync":
+            client = httpx.Client(http1=False, http2=True, base_url=base,
+                                  limits=httpx.Limits(max_connections=1), timeout=30)
+        else:
+            try:
+                import h2guard
+
+                transport = h2guard.HTTPTransport(http2_prior_knowledge=True)
+            except (ImportError, AttributeError) as exc:
+                raise _Unavailable(f"h2guard.HTTPTransport is not available: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            client = httpx.Client(transport=transport, base_url=base, timeout=30)
+
+        def get_httpx(path: str) -> tuple[int, int, str]:
+            r = client.get(path)
+            return r.status_code, len(r.content), r.http_version
+
+        with client:
+            yield get_httpx
+    elif name == "niquests-sync":
+        import niquests
+
+        session = niquests.Session(disable_http1=True, disable_http3=True,
+                                   pool_connections=1, pool_maxsize=1, timeout=30)
+
+        def get_niquests(path: str) -> tuple[int, int, str]:
+            r = session.get(base + path)
+            info = r.conn_info
+            version = str(info.http_version) if info is not None else f"raw:{r.http_version}"
+            return r.status_code or 0, len(r.content or b""), version
+
+        with session:
+            yield get_niquests
+    else:
+        raise ValueError(f"unknown sync client {name!r}")
+
+
+def _sync_worker(name: str, base: str, n: int, threads: int,
+                 max_seconds: float) -> dict[str, Any]:
+    try:
+        with _sync_client(name, base) as get:
+            try:
+                warm = _drive_sync(get, 2 * threads, threads, 10.0)
+                if warm["ok"] == 0:
+                    return {"error": "warm-up failed: " + "; ".join(warm["first_errors"])}
+                return _drive_sync(get, n, threads, max_seconds)
+            except _Stuck as exc:
+                # Closing the client under threads still inside it could hang: leave now.
+                print(json.dumps({"error": str(exc)}), flush=True)
+                os._exit(0)
+    except _Unavailable as exc:
+        return {"error": str(exc)}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+# pycurl: libcurl + nghttp2, one CurlMulti, one connection, reused easy handles.
+
+_CURL_VERSIONS = {1: "HTTP/1.0", 2: "HTTP/1.1", 3: "HTTP/2", 30: "HTTP/3"}
+
+
+class _CurlSlot:
+    """One reusable easy handle (one transfer in flight at a time) and its transfer's state."""
+
+    def __init__(self, pycurl: Any, url: str) -> None:
+        self.body = 0
+        self.t0 = 0.0
+        h = pycurl.Curl()
+        h.setopt(pycurl.URL, url)
+        h.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
+        h.setopt(pycurl.PIPEWAIT, 1)  # wait to multiplex on the connection, never open another
+        h.setopt(pycurl.NOSIGNAL, 1)
+        h.setopt(pycurl.TIMEOUT, 30)
+        h.setopt(pycurl.WRITEFUNCTION, self._write)
+        self.handle = h
+
+    def _write(self, data: bytes) -> None:
+        self.body += len(data)
+
+
+def _curl_drive(pycurl: Any, multi: Any, slots: list[_CurlSlot], n: int,
+                max_seconds: float) -> dict[str, Any]:
+    """``_drive`` for libcurl: ``len(slots)`` transfers in flight on ``multi``; the same
+    stopping rules and report, plus ``client_connections`` (the transfers' NUM_CONNECTS)."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    versions: dict[str, int] = {}
+    connects = 0
+    issued = 0
+    clock = time.perf_counter
+    start = clock()
+    stop_at = start + max_seconds
+    give_up = stop_at + STUCK_GRACE
+    by_handle = {id(slot.handle): slot for slot in slots}
+    free = list(slots[:min(len(slots), n)])
+    busy: set[int] = set()
+
+    def finished(handle: Any, error: str | None) -> None:
+        nonlocal connects
+        slot = by_handle[id(handle)]
+        connects += handle.getinfo(pycurl.NUM_CONNECTS)
+        multi.remove_handle(handle)
+        busy.discard(id(handle))
+        free.append(slot)
+        if error is None:
+            status = handle.getinfo(pycurl.RESPONSE_CODE)
+            if status != 200 or slot.body != BODY_LEN:
+                error = f"status {status}, {slot.body} body bytes"
+        if error is not None:
+            errors.append(error)
+            return
+        latencies.append(clock() - slot.t0)
+        code = handle.getinfo(pycurl.INFO_HTTP_VERSION)
+        version = _CURL_VERSIONS.get(code, f"curl:{code}")
+        versions[version] = versions.get(version, 0) + 1
+
+    while True:
+        now = clock()
+        while free and issued < n and len(errors) < MAX_ERRORS and now <= stop_at:
+            slot = free.pop()
+            slot.body = 0
+            slot.t0 = now
+            multi.add_handle(slot.handle)
+            busy.add(id(slot.handle))
+            issued += 1
+        if not busy:
+            break
+        if now > give_up:
+            for key in list(busy):
+                multi.remove_handle(by_handle[key].handle)
+            errors.extend(["abandoned after the deadline"] * len(busy))
+            break
+        ret = pycurl.E_CALL_MULTI_PERFORM
+        while ret == pycurl.E_CALL_MULTI_PERFORM:
+            ret, _running = multi.perform()
+        done = 0
+        while True:
+            queued, ok, failed = multi.info_read()
+            for handle in ok:
+                finished(handle, None)
+            for handle, code, message in failed:
+                finished(handle, f"curl error {code}: {message}"[:300])
+            done += len(ok) + len(failed)
+            if not queued:
+                break
+        if not done:
+            wait = multi.timeout()  # ms libcurl wants to wait at most; -1: no opinion
+            multi.select(1.0 if wait < 0 else min(wait / 1000, 1.0))
+    result = _summary(latencies, errors, issued, n, clock() - start)
+    result["http_versions"] = versions
+    result["client_connections"] = connects
+    return result
+
+
+def _pycurl_worker(base: str, n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
+    try:
+        import pycurl  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        return {"error": "pycurl is not installed (pip install pycurl)"}
+    try:
+        if not pycurl.version_info()[4] & pycurl.VERSION_HTTP2:
+            return {"error": f"this pycurl's libcurl has no HTTP/2: {pycurl.version}"}
+        multi = pycurl.CurlMulti()
+        multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, 1)
+        multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, 1)
+        slots = [_CurlSlot(pycurl, base + PATH) for _ in range(concurrency)]
+        try:
+            warm = _curl_drive(pycurl, multi, slots, 2 * concurrency, 10.0)
+            if warm["ok"] == 0:
+                return {"error": "warm-up failed: " + "; ".join(warm["first_errors"])}
+            result = _curl_drive(pycurl, multi, slots, n, max_seconds)
+            result["client_connections"] += warm["client_connections"]  # warm-up's included
+            return result
+        finally:
+            for slot in slots:
+                slot.handle.close()
+            multi.close()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 async def _worker(name: str, base: str, n: int, concurrency: int,
@@ -336,8 +675,13 @@ def _run_loop(loop_name: str, coro: Any) -> Any:
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    out = _run_loop(args.loop, _worker(args.worker, args.url, args.requests, args.concurrency,
-                                       args.max_seconds))
+    if args.worker in SYNC_CLIENTS:
+        out = _sync_worker(args.worker, args.url, args.requests, args.threads, args.max_seconds)
+    elif args.worker in CURL_CLIENTS:
+        out = _pycurl_worker(args.url, args.requests, args.concurrency, args.max_seconds)
+    else:
+        out = _run_loop(args.loop, _worker(args.worker, args.url, args.requests,
+                                           args.concurrency, args.max_seconds))
     print(json.dumps(out), flush=True)
     return 0
 
@@ -526,7 +870,8 @@ def run_client(target: Target, client: str, n: int, args: argparse.Namespace,
     mark = target.mark()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", client, "--url",
            target.url, "--requests", str(n), "--concurrency", str(args.concurrency),
-           "--max-seconds", str(max_seconds), "--loop", args.loop]
+           "--max-seconds", str(max_seconds), "--loop", args.loop, "--threads",
+           str(args.threads)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -569,24 +914,33 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
+def _cap(client: str, args: argparse.Namespace) -> tuple[int, int]:
+    """(most requests per run, requests in flight) for ``client``."""
+    if client in SYNC_CLIENTS:
+        return args.sync_requests, args.threads
+    return args.requests, args.concurrency
+
+
 def bench_target(target: Target, args: argparse.Namespace,
                  log: Callable[[str], None]) -> dict[str, Any]:
+    selected: tuple[str, ...] = args.clients
     clients: dict[str, dict[str, Any]] = {}
     sizes: dict[str, int] = {}
     # Calibration: how fast is each client here? Size its runs to about --seconds.
-    for client in CLIENTS:
-        cal = run_client(target, client, args.requests, args, CALIBRATION_SECONDS)
+    for client in selected:
+        cap, parallel = _cap(client, args)
+        cal = run_client(target, client, cap, args, CALIBRATION_SECONDS)
         if "error" in cal:
             clients[client] = {"error": cal["error"]}
             log(f"{target.name} {client}: {cal['error']}")
             continue
-        floor = min(args.requests, 20 * args.concurrency)
-        sizes[client] = max(floor, min(args.requests, int(cal["req_per_s"] * args.seconds)))
+        floor = min(cap, 20 * parallel)
+        sizes[client] = max(floor, min(cap, int(cal["req_per_s"] * args.seconds)))
         clients[client] = {"requests": sizes[client], "calibration_req_per_s": cal["req_per_s"],
                            "rounds": []}
         log(f"{target.name} {client}: calibration {cal['req_per_s']} req/s -> "
             f"{sizes[client]} requests per round")
-    runnable = [c for c in CLIENTS if c in sizes]
+    runnable = [c for c in selected if c in sizes]
     for rnd in range(args.rounds):
         order = runnable[rnd % len(runnable):] + runnable[:rnd % len(runnable)] \
             if runnable else []
@@ -596,7 +950,9 @@ def bench_target(target: Target, args: argparse.Namespace,
             log(f"{target.name} round {rnd + 1} {client}: "
                 + (res["error"] if "error" in res else
                    f"{res['req_per_s']} req/s p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms "
-                   f"errors {res['errors']} conns {res.get('server_connections')}"))
+                   f"errors {res['errors']} conns {res.get('server_connections')}"
+                   + (f" (client: {res['client_connections']})"
+                      if "client_connections" in res else "")))
     for client in runnable:
         rounds = clients[client]["rounds"]
         good = [r for r in rounds if "error" not in r]
@@ -611,26 +967,56 @@ def bench_target(target: Target, args: argparse.Namespace,
         if not good:
             clients[client]["error"] = rounds[0]["error"] if rounds else "no rounds"
     ratios: dict[str, Any] = {}
-    for key, goal in TARGETS.items():
+    for key in (*TARGETS, *CONTEXT_RATIOS):
         num, den = key.split("/")
+        if num not in selected or den not in selected:
+            continue  # --clients left one out
         per_round: list[float | None] = []
         for rnd in range(args.rounds):
             a = _round_rate(clients.get(num), rnd)
             b = _round_rate(clients.get(den), rnd)
             per_round.append(round(a / b, 3) if a is not None and b else None)
-        valid = [r for r in per_round if r is not None]
-        med = _median(valid)
-        ratios[key] = {"per_round": per_round, "median": med, "target": goal,
-                       "meets_target": (med >= goal) if med is not None else None}
-    for key in ("niquests/httpx", "bare/httpx"):  # context: how the baselines compare
-        num, den = key.split("/")
-        valid = [a / b for rnd in range(args.rounds)
-                 if (a := _round_rate(clients.get(num), rnd)) is not None
-                 and (b := _round_rate(clients.get(den), rnd))]
-        ratios[key] = {"median": _median(valid)}
+        med = _median([r for r in per_round if r is not None])
+        ratios[key] = {"per_round": per_round, "median": med}
+        if key in TARGETS:
+            goal = TARGETS[key]
+            ratios[key].update(target=goal,
+                               meets_target=(med >= goal) if med is not None else None)
+        if key in STRETCH_GOALS:
+            stretch = STRETCH_GOALS[key]
+            ratios[key].update(goal=stretch,
+                               meets_goal=(med >= stretch) if med is not None else None)
     out: dict[str, Any] = {"url": target.url, "clients": clients, "ratios": ratios}
     if not args.no_h2load:
         out["h2load_same_load"] = _h2load(target.url, args.requests, args.concurrency)
+    return out
+
+
+def _acceptance(targets: dict[str, Any]) -> dict[str, Any]:
+    """Each target ratio, at a glance: median, target, met (on nginx if it ran, the real
+    server; chaos's median and verdict beside it when both ran)."""
+    measured = [name for name in ("nginx", "chaos") if "ratios" in targets.get(name, {})]
+    out: dict[str, Any] = {}
+    if not measured:
+        return out
+    main, others = measured[0], measured[1:]
+    for key, goal in TARGETS.items():
+        ratio = targets[main]["ratios"].get(key)
+        if ratio is None:
+            continue  # --clients left it out
+        med = ratio["median"]
+        entry: dict[str, Any] = {"median": med, "target": goal,
+                                 "met": med is not None and med >= goal, "server": main}
+        if key in STRETCH_GOALS:
+            entry["goal"] = STRETCH_GOALS[key]
+            entry["goal_met"] = med is not None and med >= STRETCH_GOALS[key]
+        if med is None:
+            entry["note"] = "not measured (a client failed)"
+        for other in others:
+            other_med = targets[other]["ratios"].get(key, {}).get("median")
+            entry[f"median_{other}"] = other_med
+            entry[f"met_{other}"] = other_med is not None and other_med >= goal
+        out[key] = entry
     return out
 
 
@@ -641,7 +1027,8 @@ def _round_rate(client: dict[str, Any] | None, rnd: int) -> float | None:
     return None if "error" in r else cast(float, r["req_per_s"])
 
 
-CLIENT_DISTS = ("httpx", "httpcore", "h2", "niquests", "urllib3-future", "jh2", "uvloop")
+CLIENT_DISTS = ("httpx", "httpcore", "h2", "niquests", "urllib3-future", "jh2", "uvloop",
+                "pycurl")
 
 
 def _versions(nginx: str | None, dists: tuple[str, ...] = CLIENT_DISTS) -> dict[str, str | None]:
@@ -680,7 +1067,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000,
                         help="requests per run for fast clients (slow ones get fewer)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="requests in flight (async clients and pycurl)")
+    parser.add_argument("--threads", type=int, default=20,
+                        help="threads sharing one client (the sync clients)")
+    parser.add_argument("--sync-requests", type=int, default=4000,
+                        help="requests per run for fast sync clients (slow ones get fewer)")
+    parser.add_argument("--clients", default=",".join(CLIENTS),
+                        help=f"comma-separated subset to run (default all: {','.join(CLIENTS)})")
     parser.add_argument("--target", choices=("nginx", "chaos", "both"), default="both")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="size each client's runs to take about this long")
@@ -697,8 +1091,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return worker_main(args)
-    if args.requests < 1 or args.rounds < 1 or args.concurrency < 1 or args.seconds <= 0:
-        parser.error("--requests, --rounds, --concurrency and --seconds must be positive")
+    if (min(args.requests, args.rounds, args.concurrency, args.threads, args.sync_requests) < 1
+            or args.seconds <= 0):
+        parser.error("--requests, --sync-requests, --rounds, --concurrency, --threads and "
+                     "--seconds must be positive")
+    chosen = [c.strip() for c in args.clients.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in CLIENTS]
+    if unknown or not chosen:
+        parser.error(f"--clients: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {','.join(CLIENTS)}")
+    args.clients = tuple(dict.fromkeys(chosen))
     if args.loop == "uvloop":
         try:
             import uvloop  # noqa: F401
@@ -712,13 +1114,17 @@ def main() -> int:
     report: dict[str, Any] = {
         "benchmark": "client_throughput",
         "load": {"requests_max": args.requests, "concurrency": args.concurrency,
+                 "sync_requests_max": args.sync_requests, "sync_threads": args.threads,
                  "connections_per_client": 1, "path": PATH, "rounds": args.rounds,
-                 "seconds_per_run": args.seconds, "method": "GET"},
+                 "seconds_per_run": args.seconds, "method": "GET",
+                 "clients": list(args.clients)},
         "environment": {"python": sys.version.split()[0], "cpus": os.cpu_count(),
                         "loop": args.loop,
                         "versions": _versions(_nginx_binary(args.nginx))},
         "targets": {},
+        "acceptance": {},
         "goals": TARGETS,
+        "stretch_goals": STRETCH_GOALS,
         "reference_measured_elsewhere": REFERENCE,
     }
     names = ("nginx", "chaos") if args.target == "both" else (args.target,)
@@ -744,6 +1150,7 @@ def main() -> int:
                     server.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    report["acceptance"] = _acceptance(report["targets"])
     print(json.dumps(report, indent=2))
     return 0
 
