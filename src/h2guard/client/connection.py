@@ -649,6 +649,26 @@ class Connection(asyncio.Protocol):
             self._flush()
         self._lost("connection_lost", "closed by the client")
 
+    def expire_after(self, seconds: float) -> None:
+        """Retire this connection ``seconds`` after it opened (max_age, with the pool's
+        jitter): load rebalances and request caps are met gracefully."""
+        self.expires_at = self.created + seconds
+
+    def tidy(self, now: float, *, max_idle: float) -> bool:
+        """Apply the connection's own lifetime rules at ``now``: closed when idle for
+        ``max_idle`` (before a middlebox drops it silently), retired past its age. True if a
+        new stream may open here now."""
+        if self.closed:
+            return False
+        if not self.streams and now - self.last_active >= max_idle:
+            self._emit("client.connection_idle_closed", idle=round(now - self.last_active, 3))
+            self.close()
+            return False
+        if now >= self.expires_at and not self.draining:
+            self._retire("max age")
+            return False
+        return self.usable
+
     def _retire(self, reason: str) -> None:
         """No new streams here; the ones in flight finish."""
         self.draining = True

@@ -127,17 +127,11 @@ class OriginPool:
     def _pick(self, now: float) -> Connection | None:
         best: Connection | None = None
         for conn in list(self.conns):
-            if conn.closed:
-                self.conns.remove(conn)
+            if not conn.tidy(now, max_idle=self.settings.max_idle):
+                if conn.closed:
+                    self.conns.remove(conn)
                 continue
-            if not conn.streams and now - conn.last_active >= self.settings.max_idle:
-                self._emit("client.connection_idle_closed", idle=round(now - conn.last_active, 3))
-                conn.close()
-                continue
-            if now >= conn.expires_at and not conn.draining:
-                conn._retire("max age")
-                continue
-            if conn.usable and (best is None or len(conn.streams) < len(best.streams)):
+            if best is None or len(conn.streams) < len(best.streams):
                 best = conn
         return best
 
@@ -163,9 +157,8 @@ class OriginPool:
             self.http1 = True
             self._emit("client.downgrade", reason=f"ALPN chose {result}")
             return
-        loop = asyncio.get_running_loop()
         jitter = 1.0 + self.settings.max_age_jitter * (2 * self.rng.random() - 1)
-        result.expires_at = loop.time() + self.settings.max_age * jitter
+        result.expire_after(self.settings.max_age * jitter)
         self.conns.append(result)
         self._emit("client.connection_opened", connections=len(self.conns))
         self._arm_sweeper()
