@@ -1,0 +1,518 @@
+"""The sync ``h2guard.HTTPTransport`` (``httpx.Client``) against real chaos servers.
+
+It runs the async transport on a private loop thread; these check what a sync caller relies
+on, whatever the hand-over between the threads looks like:
+
+* many threads sharing one transport (and one connection) each get their own response;
+* a streamed response is read lazily, a hop at a time: nothing is read far ahead of the caller
+  (a counting TCP relay between client and server shows what the server could send), early
+  close resets the stream, and the connection goes on serving;
+* a request body from a sync generator is read in the calling thread, and its exception
+  reaches the caller;
+* errors are the httpx/h2guard types, raised in the calling thread with the request attached:
+  connection refused, a reset stream, a stream reset mid-body, timeouts (no response, a body
+  that stalls);
+* ``close()`` (idle, after use, with requests still waiting in other threads) leaves no thread
+  behind and later requests fail plainly.
+
+The sync code runs in worker threads (``asyncio.to_thread``) so that the test's event loop
+keeps serving the chaos server. No test asserts on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+import h2guard
+from h2guard.chaos import serve
+from h2guard.chaos.model import Delay, RstStream, Scenario, Trigger
+from h2guard.errors import StreamResetError, failure_of
+
+pytestmark = pytest.mark.timeout(60)
+
+_INTERNAL_ERROR = 0x2
+_BLOCK = bytes(range(256)) * 256  # what the chaos server's /bytes/N repeats
+
+
+def _pattern(n: int) -> bytes:
+    whole, rest = divmod(n, len(_BLOCK))
+    return _BLOCK * whole + _BLOCK[:rest]
+
+
+def _loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "h2guard-loop" and t.is_alive()]
+
+
+def _client(base: str, **options: Any) -> httpx.Client:
+    transport = h2guard.HTTPTransport(http2_prior_knowledge=True, **options)
+    return httpx.Client(transport=transport, base_url=base, timeout=20.0)
+
+
+# --------------------------------------------------------------------------- many threads
+
+
+async def test_many_threads_share_one_transport_and_get_their_own_responses() -> None:
+    threads, each = 16, 40
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url)
+
+        def worker(n: int) -> list[tuple[str, str, str, str]]:
+            got = []
+            for i in range(each):
+                ident = f"{n}-{i}"
+                response = client.get("/echo", params={"id": ident},
+                                      headers={"x-id": ident})
+                echo = response.json()
+                got.append((ident, echo["path"], echo["headers"]["x-id"],
+                            response.http_version))
+            return got
+
+        def run() -> list[list[tuple[str, str, str, str]]]:
+            with client:
+                results: list[list[tuple[str, str, str, str]]] = [[] for _ in range(threads)]
+                errors: list[BaseException] = []
+
+                def target(n: int) -> None:
+                    try:
+                        results[n] = worker(n)
+                    except BaseException as exc:  # pragma: no cover - reported below
+                        errors.append(exc)
+
+                pool = [threading.Thread(target=target, args=(n,)) for n in range(threads)]
+                for t in pool:
+                    t.start()
+                for t in pool:
+                    t.join()
+                assert not errors, errors
+                return results
+
+        results = await asyncio.to_thread(run)
+        assert server.events.counts.get("chaos.connection.opened") == 1  # all multiplexed
+    seen = set()
+    for got in results:
+        assert len(got) == each
+        for ident, path, header, version in got:
+            assert path == f"/echo?id={ident}" and header == ident and version == "HTTP/2"
+            seen.add(ident)
+    assert len(seen) == threads * each
+    assert not _loop_threads()
+
+
+async def test_many_threads_stream_bodies_at_once() -> None:
+    size = 300_000
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url, stream_window=32_768)
+
+        def worker(_: int) -> bytes:
+            with client.stream("GET", f"/bytes/{size}") as response:
+                return b"".join(response.iter_raw())
+
+        def run() -> list[bytes]:
+            with client, ThreadPoolExecutor(8) as pool:
+                return list(pool.map(worker, range(24)))
+
+        bodies = await asyncio.to_thread(run)
+    assert all(body == _pattern(size) for body in bodies)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class _Relay:
+    """A loopback TCP relay that counts the bytes the server sent toward the client."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.downstream = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def __aenter__(self) -> _Relay:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       count: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if count:
+                        self.downstream += len(data)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        tasks = [asyncio.create_task(pipe(reader, up_writer, False)),
+                 asyncio.create_task(pipe(up_reader, writer, True))]
+        self._tasks.update(tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_streamed_response_is_read_lazily_and_not_read_ahead() -> None:
+    size = 64 << 20  # far more than the windows let the server send unread
+    window = 65_535
+    async with serve(Scenario(), h2c=True) as server, _Relay(server.port) as relay:
+        client = _client(f"http://127.0.0.1:{relay.port}", stream_window=window,
+                         connection_window=window)
+        settled: dict[str, int] = {}
+
+        async def settle() -> int:
+            """The relay's count once it stops growing (the server has used its window)."""
+            last = -1
+            while relay.downstream != last:
+                last = relay.downstream
+                await asyncio.sleep(0.2)
+            return last
+
+        def run(loop: asyncio.AbstractEventLoop) -> tuple[int, int, int]:
+            with client:
+                with client.stream("GET", f"/bytes/{size}") as response:
+                    assert response.status_code == 200
+                    chunks = response.iter_raw()
+                    first = next(chunks)
+                    settled["after_first"] = asyncio.run_coroutine_threadsafe(
+                        settle(), loop).result()
+                    taken = len(first)
+                    for chunk in chunks:  # a few more hops: still bounded by the window
+                        taken += len(chunk)
+                        if taken > 4 * window:
+                            break
+                    settled["after_more"] = asyncio.run_coroutine_threadsafe(
+                        settle(), loop).result()
+                # closed early: the stream is reset, the connection still serves
+                again = client.get("/bytes/10")
+                return len(first), taken, again.status_code
+
+        first, taken, status = await asyncio.to_thread(run, asyncio.get_running_loop())
+        await asyncio.sleep(0.1)
+        resets = [e for e in server.events if e.name == "chaos.stream.reset_by_client"]
+    assert 0 < first <= window and status == 200
+    # unread data is bounded by flow control: the window, plus frame and header overhead
+    slack = 16_384
+    assert settled["after_first"] <= first + 2 * window + slack, settled
+    assert settled["after_more"] <= taken + 2 * window + slack, settled
+    assert resets and resets[0].data["code"] == "CANCEL"
+    assert not _loop_threads()
+
+
+async def test_a_streamed_response_arrives_whole_and_in_order() -> None:
+    size = 5_000_000
+    # paced after 1 MiB, so most of the body is still arriving while it is read
+    scenario = Scenario(faults=(Delay(duration=0.001, at="response_body", after_bytes=1 << 20,
+                                      when=Trigger(path="/bytes/*")),))
+    async with serve(scenario, h2c=True) as server:
+        client = _client(server.url, stream_window=256 * 1024)
+
+        def run() -> tuple[bytes, int]:
+            with client, client.stream("GET", f"/bytes/{size}") as response:
+                parts = list(response.iter_raw())
+                return b"".join(parts), len(parts)
+
+        body, parts = await asyncio.to_thread(run)
+    assert parts > 1
+    assert body == _pattern(size)
+
+
+async def test_http1_responses_stream_through_the_generic_path() -> None:
+    """Without prior knowledge ``http://`` goes to httpx's HTTP/1.1 transport: its streams
+    are not h2guard's, and still stream and give their connection back."""
+    size = 400_000
+    async with serve(Scenario(), h2c=True) as server:
+        transport = h2guard.HTTPTransport()
+
+        def run() -> tuple[str, bytes, str, int]:
+            with httpx.Client(transport=transport, base_url=server.url) as client:
+                with client.stream("GET", f"/bytes/{size}") as response:
+                    body = b"".join(response.iter_bytes())
+                    version = response.http_version
+                with client.stream("GET", f"/bytes/{size}") as response:
+                    next(response.iter_raw())  # closed early
+                again = client.get("/echo")
+                return version, body, again.http_version, again.status_code
+
+        version, body, again_version, status = await asyncio.to_thread(run)
+    assert version == again_version == "HTTP/1.1" and status == 200
+    assert body == _pattern(size)
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+async def test_request_bodies_from_sync_generators_are_read_in_the_calling_threads() -> None:
+    """Each body is read by the thread that sends it (while it waits), several at once."""
+    threads = 8
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url, stream_window=65_535)
+        readers: dict[int, set[int]] = {n: set() for n in range(threads)}
+
+        def body(n: int) -> Iterator[bytes]:
+            for i in range(40):
+                readers[n].add(threading.get_ident())
+                yield f"{n:02d}{i:02d}".encode() * 4000  # 16 KB: several windows in all
+
+        def send(n: int) -> tuple[int, bytes, int]:
+            response = client.post("/echo", content=body(n),
+                                   headers={"content-type": "text/plain"})
+            return response.status_code, response.content, threading.get_ident()
+
+        def run() -> list[tuple[int, bytes, int]]:
+            with client, ThreadPoolExecutor(threads) as pool:
+                return list(pool.map(send, range(threads)))
+
+        results = await asyncio.to_thread(run)
+    for n, (status, content, caller) in enumerate(results):
+        assert status == 200
+        assert content == b"".join(f"{n:02d}{i:02d}".encode() * 4000 for i in range(40))
+        assert readers[n] == {caller}
+
+
+async def test_a_failing_request_body_raises_its_error_in_the_caller() -> None:
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url)
+
+        def body() -> Iterator[bytes]:
+            yield b"part one"
+            raise ValueError("the upload source broke")
+
+        def run() -> tuple[BaseException, int]:
+            with client:
+                try:
+                    client.post("/echo", content=body())
+                except ValueError as exc:
+                    return exc, client.get("/status/204").status_code
+            raise AssertionError("the POST succeeded")
+
+        exc, status = await asyncio.to_thread(run)
+    assert "upload source broke" in str(exc) and status == 204
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _refused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again: nothing listens there
+
+
+def test_connection_refused_is_a_connect_error_with_the_request() -> None:
+    port = _refused_port()
+    transport = h2guard.HTTPTransport(http2_prior_knowledge=True)
+    with httpx.Client(transport=transport) as client, \
+            pytest.raises(httpx.ConnectError) as caught:
+        client.get(f"http://127.0.0.1:{port}/echo")
+    assert caught.value.request.url.port == port
+    failure = failure_of(caught.value)
+    assert failure is not None and failure.kind == "connect" and failure.processed == "no"
+    assert not _loop_threads()
+
+
+async def test_a_reset_stream_is_a_stream_reset_error_in_the_calling_thread() -> None:
+    scenario = Scenario(faults=(RstStream(_INTERNAL_ERROR, at="after_app",
+                                          when=Trigger(path="/orders")),))
+    async with serve(scenario, h2c=True) as server:
+        client = _client(server.url)
+
+        def run() -> tuple[BaseException, int]:
+            with client:
+                try:
+                    client.post("/orders", content=b"{}")
+                except httpx.TransportError as exc:
+                    return exc, client.get("/echo").status_code
+            raise AssertionError("the POST succeeded")
+
+        exc, status = await asyncio.to_thread(run)
+    assert isinstance(exc, StreamResetError) and isinstance(exc, httpx.RemoteProtocolError)
+    assert exc.request.url.path == "/orders" and status == 200
+    failure = failure_of(exc)
+    assert failure is not None and failure.kind == "stream_reset"
+    assert failure.code == _INTERNAL_ERROR and failure.processed == "maybe"
+
+
+async def test_a_stream_reset_mid_body_raises_while_reading() -> None:
+    scenario = Scenario(faults=(RstStream(_INTERNAL_ERROR, at="response_body",
+                                          after_bytes=200_000,
+                                          when=Trigger(path="/bytes/*")),))
+    async with serve(scenario, h2c=True) as server:
+        client = _client(server.url)
+
+        def run() -> tuple[int, BaseException]:
+            got = 0
+            with client, client.stream("GET", "/bytes/2000000") as response:
+                try:
+                    for chunk in response.iter_raw():
+                        got += len(chunk)
+                except httpx.TransportError as exc:
+                    return got, exc
+            raise AssertionError("the whole body arrived")
+
+        got, exc = await asyncio.to_thread(run)
+    assert got < 2_000_000
+    assert isinstance(exc, httpx.RemoteProtocolError)
+    assert exc.request.url.path == "/bytes/2000000"
+    failure = failure_of(exc)
+    assert failure is not None and failure.kind == "stream_reset"
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+async def test_no_response_in_time_is_a_read_timeout() -> None:
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url)
+
+        def run() -> tuple[BaseException, int]:
+            with client:
+                try:
+                    client.get("/delay/20000", timeout=httpx.Timeout(20.0, read=0.3))
+                except httpx.TimeoutException as exc:
+                    return exc, client.get("/status/204").status_code
+            raise AssertionError("the response came")
+
+        exc, status = await asyncio.to_thread(run)
+    assert isinstance(exc, httpx.ReadTimeout) and status == 204
+    assert exc.request.url.path == "/delay/20000"
+    failure = failure_of(exc)
+    assert failure is not None and failure.kind == "timeout"
+
+
+async def test_a_body_that_stalls_is_a_read_timeout_while_reading() -> None:
+    scenario = Scenario(faults=(Delay(duration=20.0, at="response_body", after_bytes=100_000,
+                                      when=Trigger(path="/bytes/*")),))
+    async with serve(scenario, h2c=True) as server:
+        client = _client(server.url)
+
+        def run() -> tuple[int, BaseException]:
+            got = 0
+            with client, client.stream("GET", "/bytes/1000000",
+                                       timeout=httpx.Timeout(20.0, read=0.3)) as response:
+                try:
+                    for chunk in response.iter_raw():
+                        got += len(chunk)
+                except httpx.TimeoutException as exc:
+                    return got, exc
+            raise AssertionError("the whole body arrived")
+
+        got, exc = await asyncio.to_thread(run)
+    assert 0 < got < 1_000_000
+    assert isinstance(exc, httpx.ReadTimeout)
+    failure = failure_of(exc)
+    assert failure is not None and failure.kind == "timeout"
+
+
+# --------------------------------------------------------------------------- close
+
+
+def test_close_while_idle_leaves_no_thread() -> None:
+    before = set(threading.enumerate())
+    transport = h2guard.HTTPTransport(http2_prior_knowledge=True)
+    assert len(_loop_threads()) >= 1
+    transport.close()
+    transport.close()  # twice is fine
+    assert not [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
+async def test_close_after_use_leaves_no_thread_and_refuses_more() -> None:
+    async with serve(Scenario(), h2c=True) as server:
+        def run() -> tuple[set[threading.Thread], BaseException]:
+            before = set(threading.enumerate())
+            transport = h2guard.HTTPTransport(http2_prior_knowledge=True)
+            with httpx.Client(transport=transport, base_url=server.url) as client:
+                assert client.get("/echo").status_code == 200
+
+                def body() -> Iterator[bytes]:
+                    yield b"x" * 1000
+
+                assert client.post("/echo", content=body()).content == b"x" * 1000
+                with client.stream("GET", "/bytes/3000000") as response:
+                    next(response.iter_raw())  # left open: close() resets it
+                    transport.close()
+            leftover = {t for t in threading.enumerate() if t not in before and t.is_alive()}
+            with pytest.raises(RuntimeError) as caught:
+                transport.handle_request(httpx.Request("GET", f"{server.url}/echo"))
+            return leftover, caught.value
+
+        leftover, exc = await asyncio.to_thread(run)
+    assert not leftover
+    assert "closed" in str(exc)
+
+
+async def test_close_with_requests_waiting_in_other_threads_ends_them() -> None:
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url)
+        outcomes: list[BaseException | int] = []
+        started = threading.Barrier(5)
+
+        def waiter() -> None:
+            started.wait()
+            try:
+                outcomes.append(client.get("/delay/30000").status_code)
+            except BaseException as exc:
+                outcomes.append(exc)
+
+        async def until_all_at_the_server() -> None:
+            while server.requests < 4:
+                await asyncio.sleep(0.01)
+
+        def run(loop: asyncio.AbstractEventLoop) -> None:
+            pool = [threading.Thread(target=waiter) for _ in range(4)]
+            for t in pool:
+                t.start()
+            started.wait()
+            asyncio.run_coroutine_threadsafe(until_all_at_the_server(), loop).result(20)
+            client.close()
+            for t in pool:
+                t.join(20)
+            assert not any(t.is_alive() for t in pool)
+
+        await asyncio.to_thread(run, asyncio.get_running_loop())
+    assert len(outcomes) == 4
+    assert all(isinstance(o, (httpx.TransportError, RuntimeError)) for o in outcomes), outcomes
+    assert not _loop_threads()
+
+
+# --------------------------------------------------------------------------- via h2guard.Client
+
+
+async def test_h2guard_client_over_the_sync_transport() -> None:
+    async with serve(Scenario(), h2c=True) as server:
+        def run() -> list[dict[str, Any]]:
+            with h2guard.Client(http2_prior_knowledge=True, base_url=server.url) as client:
+                return [json.loads(client.get(f"/echo?n={n}").content) for n in range(5)]
+
+        echoes = await asyncio.to_thread(run)
+    assert [e["path"] for e in echoes] == [f"/echo?n={n}" for n in range(5)]
+
+
+@pytest.fixture(autouse=True)
+def _no_loop_thread_leaks() -> Iterator[None]:
+    before = set(_loop_threads())
+    yield
+    leaked = [t for t in _loop_threads() if t not in before]
+    for t in leaked:  # a test that failed mid-way: give it a moment, then report
+        t.join(5)
+    assert not [t for t in leaked if t.is_alive()]
