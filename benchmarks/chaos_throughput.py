@@ -6,7 +6,10 @@ each in alternating rounds so that machine noise hits both alike. The chaos serv
 with its default self-protection limits (the headline: how users run it) and with
 ``[limits] enabled = false``, so the cost of the limits is a figure too. Prints one JSON object:
 req/s per round, the medians and the ratio chaos / bare (the median of per-round ratios)
-(target >= 1.0 with the limits on). Never asserts on time: it reports.
+(target >= 1.5 with the limits on: the chaos server, faults engine, self-protection and all,
+answers at least half as many requests again as the least an asyncio + h2 server does, because
+its core handles the common frames without h2's general path). Never asserts on time: it
+reports.
 
     python benchmarks/chaos_throughput.py [--requests 50000] [--clients 1] [--streams 50]
 """
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+TARGET_RATIO = 1.5
 _RATE = re.compile(r"finished in [\d.]+m?s, ([\d.]+) req/s")
 _DONE = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, "
                    r"(\d+) failed")
@@ -127,8 +131,8 @@ def main() -> int:
         "ratio_of_medians": round(medians["chaos_serve"] / medians["bare_h2_loop"], 3),
         "ratio_chaos_vs_bare": round(ratio, 3),
         "ratio_limits_on_vs_off": round(limits_cost, 3),
-        "target_ratio": 1.0,
-        "meets_target": ratio >= 1.0,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
     }, indent=2))
     return 0
 

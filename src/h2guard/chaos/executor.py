@@ -392,7 +392,8 @@ class Executor:
         self.now = now
         events = core.receive(data, now)
         # a PING ACK is not activity (an idle timeout with ping_resets = false)
-        self._acks_only = bool(events) and all(type(ev) is PingReceived for ev in events)
+        self._acks_only = bool(events) and type(events[0]) is PingReceived and \
+            all(type(ev) is PingReceived for ev in events)
         if events:
             self.handling = True
             try:
@@ -679,27 +680,23 @@ class Executor:
             elif key == b"x-request-id":
                 rid = value.decode("latin-1")
         self.ctx.count_request(rid)
-        info = StreamInfo(self.cid, ev.stream_id, method, path, ev.headers, self.requests,
-                          self.now - self.opened)
-        st = _Stream(ev.stream_id, method, path, ev.headers, info)
-        self.streams[ev.stream_id] = st
-        if ev.end_stream:
-            st.ended = True
-        elif self.ctx.proxy:
-            core.withhold_window(ev.stream_id)  # reopened as the upstream takes the body
         faults = self.ctx.faults
         cap = faults.request_cap
+        if (ev.end_stream and cap is None and faults.quiet and not self.ctx.proxy
+                and not self.write_paused):
+            # the hot path: nothing to decide, so the stream gets its state only if its
+            # answer cannot go at once
+            self._lower_limit_after_requests()
+            self._serve_quietly(ev.stream_id, method, path, ev.headers, None)
+            return
+        st = self._open(ev.stream_id, method, path, ev.headers, ev.end_stream)
         if cap is not None and self.requests >= cap.max_requests and core.goaway_sent is None:
             self._emit_fault("request_cap", cap.code, st, "request_headers",
                              max_requests=cap.max_requests)
             self._send_goaway(cap.code, ev.stream_id, b"", cap.close_after)
-        limit = faults.stream_limit
-        if (limit is not None and limit.lower_to is not None
-                and limit.lower_after_requests is not None
-                and self.requests == limit.lower_after_requests):
-            self._lower_limit()
+        self._lower_limit_after_requests()
         if st.ended and faults.quiet and not self.ctx.proxy and not self.write_paused:
-            self._serve_quietly(st)
+            self._serve_quietly(st.sid, method, path, st.headers, st)
             return
         if faults.by_moment["request_headers"]:
             result = self._run_moment(st, "request_headers")
@@ -707,6 +704,27 @@ class Executor:
                 return
         st.mpos = 0
         self._headers_passed(st)
+
+    def _open(self, sid: int, method: str, path: str, headers: list[tuple[bytes, bytes]],
+              ended: bool) -> _Stream:
+        """The state of a request's stream, from its headers on."""
+        info = StreamInfo(self.cid, sid, method, path, headers, self.requests,
+                          self.now - self.opened)
+        st = _Stream(sid, method, path, headers, info)
+        self.streams[sid] = st
+        if ended:
+            st.ended = True
+        elif self.ctx.proxy:
+            assert self.core is not None
+            self.core.withhold_window(sid)  # reopened as the upstream takes the body
+        return st
+
+    def _lower_limit_after_requests(self) -> None:
+        limit = self.ctx.faults.stream_limit
+        if (limit is not None and limit.lower_to is not None
+                and limit.lower_after_requests is not None
+                and self.requests == limit.lower_after_requests):
+            self._lower_limit()
 
     def _headers_passed(self, st: _Stream) -> None:
         """The request-headers moment is over: forward (proxy) and move on."""
@@ -846,26 +864,34 @@ class Executor:
             else:  # _WAIT_END
                 return
 
-    def _serve_quietly(self, st: _Stream) -> None:
+    def _serve_quietly(self, sid: int, method: str, path: str,
+                       headers: list[tuple[bytes, bytes]], st: _Stream | None) -> None:
         """The hot path: no stream fault is configured and the request has no body, so the
-        step machine has nothing to decide; answer at once (a deferred app still waits)."""
-        out = self.ctx.app(Request(st.method, st.path, st.headers, b"", st.sid, self.cid))
+        step machine has nothing to decide; answer at once (a deferred app still waits).
+        ``st`` None: the stream has no state yet, and needs none if the whole answer goes."""
+        out = self.ctx.app(Request(method, path, headers, b"", sid, self.cid))
+        core = self.core
+        assert core is not None
+        done = 2  # not tried
+        if not isinstance(out, Deferred) and type(out.body) is bytes and method != "HEAD":
+            done = core.respond(sid, out.h2_headers, out.body)
+            if done > 0:
+                if st is not None:
+                    self.streams.pop(sid, None)
+                    st.dead = True
+                return
+        if st is None:
+            st = self._open(sid, method, path, headers, True)
         if isinstance(out, Deferred):
             self._defer(st, out)
             return
         st.response = out
-        body = out.body
-        core = self.core
-        assert core is not None
-        if type(body) is bytes and st.method != "HEAD":
-            done = core.respond(st.sid, out.h2_headers, body)
-            if done > 0:
-                self.streams.pop(st.sid, None)
-                st.dead = True
-                return
-            if done < 0:
-                self._kill(st)
-                return
+        if done < 0:
+            self._kill(st)
+            return
+        if done == 0:
+            body = out.body
+            assert type(body) is bytes
             st.body_bytes = body  # headers went; the window is short for the body
             st.body_len = len(body)
             st.step = _BODY

@@ -62,8 +62,8 @@ Field = tuple[bytes, bytes]
 class FastDecoder:
     """An HPACK decoder with the attributes h2 sets on ``hpack.Decoder``."""
 
-    __slots__ = ("_blocks", "_dynamic", "_huffman", "_maxsize", "_size",
-                 "max_allowed_table_size", "max_header_list_size")
+    __slots__ = ("_blocks", "_dynamic", "_dynamic_blocks", "_huffman", "_maxsize", "_size",
+                 "_version", "max_allowed_table_size", "max_header_list_size")
 
     def __init__(self, max_header_list_size: int = 65536) -> None:
         self.max_header_list_size = max_header_list_size
@@ -74,6 +74,12 @@ class FastDecoder:
         self._huffman: dict[bytes, bytes] = {}
         # block -> (fields, entries it adds to the table, decompressed size)
         self._blocks: dict[bytes, tuple[tuple[Field, ...], tuple[Field, ...], int]] = {}
+        # Blocks that reference the dynamic table and leave it as it was (indexed fields and
+        # literals without indexing only: what a client sends from its second request on):
+        # block -> (table version, fields, decompressed size). The version counts every change
+        # of the table, so a hit is a block decoded against exactly the same table.
+        self._dynamic_blocks: dict[bytes, tuple[int, tuple[Field, ...], int]] = {}
+        self._version = 0
 
     # ------------------------------------------------------------------ table
 
@@ -83,6 +89,7 @@ class FastDecoder:
 
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
+        self._version += 1
         self._maxsize = value
         self._evict()
 
@@ -93,6 +100,7 @@ class FastDecoder:
             self._size -= len(name) + len(value) + _ENTRY_OVERHEAD
 
     def _add(self, name: bytes, value: bytes) -> None:
+        self._version += 1
         size = len(name) + len(value) + _ENTRY_OVERHEAD
         if size > self._maxsize:  # RFC 7541 §4.4: an oversize entry empties the table
             self._dynamic.clear()
@@ -129,12 +137,23 @@ class FastDecoder:
                 raise InvalidTableSizeError(
                     "Encoder did not shrink table size to within the max")
             return list(fields)
+        hit = self._dynamic_blocks.get(data)
+        if hit is not None and hit[0] == self._version:
+            _, fields, inflated = hit
+            if inflated > self.max_header_list_size:
+                raise OversizedHeaderListError(
+                    f"A header list larger than {self.max_header_list_size} has been received")
+            if self._maxsize > self.max_allowed_table_size:
+                raise InvalidTableSizeError(
+                    "Encoder did not shrink table size to within the max")
+            return list(fields)
         return self._decode(data)
 
     def _decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         fields: list[tuple[bytes, bytes]] = []
         adds: list[Field] = []
         inflated = 0
+        version = self._version
         limit = self.max_header_list_size
         pure = len(data) <= _BLOCK_MEMO_MAX_LEN  # no dynamic reference, no size update
         pos = 0
@@ -181,6 +200,11 @@ class FastDecoder:
             if len(blocks) >= _BLOCK_MEMO_MAX:
                 blocks.clear()
             blocks[data] = (tuple(fields), tuple(adds), inflated)
+        elif self._version == version and len(data) <= _BLOCK_MEMO_MAX_LEN:
+            dynamic_blocks = self._dynamic_blocks
+            if len(dynamic_blocks) >= _BLOCK_MEMO_MAX:
+                dynamic_blocks.clear()
+            dynamic_blocks[data] = (version, tuple(fields), inflated)
         return fields
 
     def _literal(self, data: bytes, pos: int, prefix: int) -> tuple[Field, int, bool]:
@@ -254,6 +278,7 @@ _UNIQUE_NAMES = frozenset({b":path", b"content-length", b"idempotency-key", b"x-
                            b"x-b3-traceid", b"x-b3-spanid", b"if-modified-since",
                            b"if-none-match", b"date"})
 _MAX_INDEXED_VALUE = 512  # longer values are sent as literals: they rarely repeat
+_INDEXED = tuple(bytes((0x80 | i,)) for i in range(127))  # an indexed field, by index < 127
 _ENCODE_MEMO_MAX = 1024
 _OUR_TABLE_MAX = 4096  # never use more than the default, whatever the peer allows
 
@@ -284,7 +309,7 @@ class FastEncoder:
     """An HPACK encoder with the interface h2 uses on ``hpack.Encoder``."""
 
     __slots__ = ("_entries", "_index", "_inserted", "_maxsize", "_memo", "_pending_sizes",
-                 "_size")
+                 "_plain", "_size")
 
     def __init__(self) -> None:
         self._maxsize = 4096
@@ -295,6 +320,9 @@ class FastEncoder:
         self._pending_sizes: list[int] = []
         # field -> (bytes, whether it enters the dynamic table)
         self._memo: dict[tuple[bytes, bytes, bool], tuple[bytes, bool]] = {}
+        # the same for fields given as plain (name, value) tuples of bytes, looked up by the
+        # field itself (a HeaderTuple never matches: only exact tuples are looked up)
+        self._plain: dict[Field, tuple[bytes, bool]] = {}
 
     @property
     def header_table_size(self) -> int:
@@ -341,8 +369,21 @@ class FastEncoder:
                 block.append(_int_bytes(self._maxsize, 5, 0x20))
             self._pending_sizes.clear()
         memo = self._memo
+        plain = self._plain
         index = self._index
         for header in headers:  # type: ignore[attr-defined]
+            if type(header) is tuple:  # the common field: skip the checks below
+                seq = index.get(header)
+                if seq is not None:
+                    n = _STATIC_LEN + self._inserted - seq + 1
+                    block.append(_INDEXED[n] if n < 127 else _int_bytes(n, 7, 0x80))
+                    continue
+                done = plain.get(header)
+                if done is not None:
+                    block.append(done[0])
+                    if done[1]:
+                        self._add(header[0], header[1])
+                    continue
             name, value = header[0], header[1]
             if isinstance(name, str):
                 name = name.encode("utf-8")
@@ -361,6 +402,11 @@ class FastEncoder:
                 if len(memo) >= _ENCODE_MEMO_MAX:
                     memo.clear()
                 memo[key] = done
+            if type(header) is tuple and not secret and len(header) == 2 and \
+                    header[0] is name and header[1] is value:  # bytes as given
+                if len(plain) >= _ENCODE_MEMO_MAX:
+                    plain.clear()
+                plain[header] = done
             data, indexed = done
             block.append(data)
             if indexed:
