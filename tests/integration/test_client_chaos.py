@@ -159,7 +159,10 @@ def _goaway_every_10() -> Case:
                name="goaway after 10 streams"),))
     return Case("goaway-every-10", scenario, time_scale=0.02,
                 fired=(("goaway", "NO_ERROR", 20),),
-                client_events=(("client.goaway", 20), ("client.transparent_retry", 200)),
+                # how many streams were above each GOAWAY's last_stream_id depends on how far
+                # the client got ahead of the server when it fired (a faster server: fewer);
+                # at least one moved per GOAWAY shows the recovery ran
+                client_events=(("client.goaway", 20), ("client.transparent_retry", 20)),
                 raw_fails_with=("ConnectionTerminated", "ConnectionState.CLOSED"))
 
 
