@@ -8,6 +8,8 @@ import pytest
 
 from h2guard.errors import Failure
 from h2guard.resend import why_not_resend
+from h2guard.wire.core import H2Core
+from h2guard.wire.events import PingTimedOut, ResponseTimedOut
 from h2guard.wire.liveness import Liveness
 
 
@@ -106,3 +108,77 @@ def test_the_watchdog_stands_down_when_nobody_waits() -> None:
     assert lv.expire(10.0, 0.0, waiting=True).ping
     assert not lv.expire(11.0, 0.0, waiting=False).dead  # the requests finished meanwhile
     assert lv.ping_deadline is None
+
+
+# ---------------------------------------------------------------------- the core's timer
+
+
+def _client_and_server(**client_kw: float) -> tuple[H2Core, H2Core]:
+    client = H2Core(client=True, **client_kw)  # type: ignore[arg-type]
+    server = H2Core(client=False)
+    client.start(0.0)
+    server.start(0.0)
+    for _ in range(5):
+        to_server, to_client = client.data_to_send(), server.data_to_send()
+        if to_server:
+            server.receive(to_server, 0.0)
+        if to_client:
+            client.receive(to_client, 0.0)
+    return client, server
+
+
+_GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"t"), (b":path", b"/")]
+
+
+def _frame_types(data: bytes) -> list[int]:
+    types = []
+    while len(data) >= 9:
+        length = int.from_bytes(data[:3], "big")
+        types.append(data[3])
+        data = data[9 + length:]
+    return types
+
+
+def test_the_core_reports_an_overdue_response_once_and_not_an_answered_one() -> None:
+    client, server = _client_and_server()
+    assert client.get_timer() is None
+    late = client.next_stream_id()
+    client.send_headers(late, _GET, end_stream=True)
+    assert client.expect_response(late, 5.0, 1.0) is True
+    answered = client.next_stream_id()
+    client.send_headers(answered, _GET, end_stream=True)
+    assert client.expect_response(answered, 5.0, 2.0) is False  # later: no re-arm
+    assert client.get_timer() == 6.0
+    server.receive(client.data_to_send(), 2.0)
+    server.respond(answered, [(b":status", b"200")], b"ok")
+    client.receive(server.data_to_send(), 3.0)
+    events = client.handle_timer(6.0)
+    assert [(type(e), e.stream_id) for e in events] == [(ResponseTimedOut, late)]  # type: ignore[union-attr]
+    assert client.handle_timer(7.5) == []  # the answered one never expires
+
+
+def test_the_core_pings_a_silent_connection_and_reports_it_dead() -> None:
+    client, _server = _client_and_server(ping_interval=10.0, ping_timeout=5.0)
+    client.data_to_send()
+    sid = client.next_stream_id()
+    client.send_headers(sid, _GET, end_stream=True)
+    client.data_to_send()
+    assert client.get_timer() == 10.0  # last frame at 0.0, requests waiting
+    assert client.handle_timer(10.0) == []
+    assert _frame_types(client.data_to_send()) == [0x6]  # the watchdog's PING
+    assert client.get_timer() == 15.0
+    events = client.handle_timer(15.0)
+    assert len(events) == 1 and isinstance(events[0], PingTimedOut)
+
+
+def test_a_ping_answer_keeps_the_core_from_calling_the_connection_dead() -> None:
+    client, server = _client_and_server(ping_interval=10.0, ping_timeout=5.0)
+    sid = client.next_stream_id()
+    client.send_headers(sid, _GET, end_stream=True)
+    server.receive(client.data_to_send(), 0.0)
+    server.data_to_send()
+    client.handle_timer(10.0)
+    server.receive(client.data_to_send(), 10.0)
+    client.receive(server.data_to_send(), 11.0)  # the PING ACK
+    assert client.handle_timer(15.0) == []
+    assert client.get_timer() == 21.0

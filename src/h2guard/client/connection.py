@@ -28,14 +28,15 @@ from h2guard.wire.events import (
     GoAwayViolated,
     Headers,
     PingAcked,
+    PingTimedOut,
     ResponseReceived,
+    ResponseTimedOut,
     SettingsReceived,
     StreamEnded,
     StreamReset,
     TrailersReceived,
     WindowUpdated,
 )
-from h2guard.wire.liveness import Liveness
 from h2guard.wire.recorder import FlightRecorder
 
 __all__ = ["Connection", "ConnectionSettings", "GoAwayTrust", "StreamState", "TrustGoAway"]
@@ -202,7 +203,9 @@ class Connection(asyncio.Protocol):
                          0x6: settings.max_header_list_size}
         self.core = H2Core(client=True, settings=core_settings,
                            connection_window=settings.connection_window,
-                           max_header_list_size=settings.max_header_list_size)
+                           max_header_list_size=settings.max_header_list_size,
+                           ping_interval=settings.ping_interval,
+                           ping_timeout=settings.ping_timeout)
         self.core.auto_ack = False  # acknowledge DATA as the reader consumes it
         if settings.flight_recorder:
             self.core.recorder = FlightRecorder(settings.flight_recorder, client=True,
@@ -221,8 +224,6 @@ class Connection(asyncio.Protocol):
         self.write_ready = asyncio.Event()
         self.write_ready.set()
         self.ping_waiter: asyncio.Future[float] | None = None
-        self.liveness = Liveness(ping_interval=settings.ping_interval,
-                                 ping_timeout=settings.ping_timeout)
         self._timer: asyncio.TimerHandle | None = None  # the connection's one timer
         self._timer_at = _NEVER
         self.requests = 0
@@ -336,7 +337,6 @@ class Connection(asyncio.Protocol):
                 waiter = self.ping_waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(ev.rtt or 0.0)
-                self.liveness.pong()
             elif isinstance(ev, TrailersReceived):
                 st = self.streams.get(ev.stream_id)
                 if st is not None:
@@ -403,8 +403,6 @@ class Connection(asyncio.Protocol):
         st.status = int(status_raw or b"0")
         st.headers = [(k, v) for k, v in ev.headers if k[:1] != b":"]
         st.response.set_result(None)
-        if st.read_timeout is not None:
-            self.liveness.answered(st.sid)
 
     def _on_reset(self, ev: StreamReset) -> None:
         st = self.streams.pop(ev.stream_id, None)
@@ -571,7 +569,7 @@ class Connection(asyncio.Protocol):
         """The response to ``st`` must start within ``timeout`` seconds from now, or the
         stream fails as ``timeout`` and is reset (one timer per connection, not per stream)."""
         st.read_timeout = timeout
-        if self.liveness.watch(st.sid, self.loop.time() + timeout) or self._timer is None:
+        if self.core.expect_response(st.sid, timeout, self.loop.time()) or self._timer is None:
             self._arm()
 
     async def _send_body(self, st: StreamState,
@@ -678,9 +676,9 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ liveness
 
     def _arm(self) -> None:
-        """(Re)arm the connection's one timer for the next moment :attr:`liveness` has
-        something to decide: a stream's read deadline or the silent-connection PING check."""
-        due = self.liveness.due(self.core.last_frame_at, waiting=bool(self.streams))
+        """(Re)arm the connection's one timer for the moment the core next has something to
+        decide (:meth:`H2Core.get_timer`): a response deadline or the PING watchdog."""
+        due = self.core.get_timer()
         if due is None or self.closed:
             return
         if self._timer is not None:
@@ -691,27 +689,24 @@ class Connection(asyncio.Protocol):
         self._timer = self.loop.call_at(due, self._on_timer)
 
     def _on_timer(self) -> None:
-        """Read deadlines that passed fail their streams; a connection silent while requests
-        wait gets a PING; a PING unanswered within ping_timeout abandons the connection."""
+        """What the core decided when the timer fired: overdue responses fail their streams
+        (and reset them); a PING unanswered in time abandons the connection."""
         self._timer = None
         self._timer_at = _NEVER
         if self.closed:
             return
-        now = self.loop.time()
-        verdict = self.liveness.expire(now, self.core.last_frame_at, waiting=bool(self.streams))
-        for sid in verdict.expired:
-            st = self.streams.get(sid)
-            if st is not None and not st.response.done():
-                st.fail(self._failure("timeout", "maybe", sid,
-                                      detail=f"no response within {st.read_timeout} s"))
-                self.cancel(st)
-        if verdict.dead:
-            self.abandon(f"no PING answer within {self.cfg.ping_timeout:g} s while waiting "
-                         "for a response")
-            return
-        if verdict.ping:
-            self.core.ping(os.urandom(8), now)
-            self._flush()
+        for ev in self.core.handle_timer(self.loop.time()):
+            if isinstance(ev, ResponseTimedOut):
+                st = self.streams.get(ev.stream_id)
+                if st is not None and not st.response.done():
+                    st.fail(self._failure("timeout", "maybe", st.sid,
+                                          detail=f"no response within {ev.after:g} s"))
+                    self.cancel(st)
+            elif isinstance(ev, PingTimedOut):
+                self.abandon(f"no PING answer within {ev.after:g} s while waiting for a "
+                             "response")
+                return
+        self._flush()
         self._arm()
 
     # ------------------------------------------------------------------ plumbing

@@ -71,8 +71,10 @@ from h2guard.wire.events import (
     Headers,
     PingAcked,
     PingReceived,
+    PingTimedOut,
     RequestReceived,
     ResponseReceived,
+    ResponseTimedOut,
     SettingsAcked,
     SettingsReceived,
     StreamEnded,
@@ -83,6 +85,7 @@ from h2guard.wire.events import (
     WindowUpdated,
 )
 from h2guard.wire.hpack_codec import FastDecoder, FastEncoder
+from h2guard.wire.liveness import Liveness
 from h2guard.wire.recorder import FlightRecorder
 
 __all__ = ["MAX_STREAM_ID", "PREFACE", "H2Core", "frame_header", "goaway_frame"]
@@ -551,13 +554,16 @@ class H2Core:
         "_awaiting_settings",
         "_conn",
         "_initial_window_target",
+        "_liveness",
         "_now",
         "_out",
         "_peer_limit",
         "_pending_acks",
+        "_ping_seq",
         "_pings",
         "_stream_limit",
         "_streams",
+        "_timeouts",
         "_unprocessed",
         "_unprocessed_last",
         "_violations",
@@ -584,6 +590,8 @@ class H2Core:
         validate_inbound_headers: bool = True,
         max_header_list_size: int = 65536,
         connection_window: int | None = None,
+        ping_interval: float = 0.0,
+        ping_timeout: float = 5.0,
     ) -> None:
         config = h2.config.H2Configuration(
             client_side=client,
@@ -616,6 +624,9 @@ class H2Core:
         self._withheld: dict[int, int] = {}
         self._pending_acks: list[tuple[int, int]] = []
         self._pings: dict[bytes, float] = {}
+        self._liveness = Liveness(ping_interval=ping_interval, ping_timeout=ping_timeout)
+        self._timeouts: dict[int, float] = {}  # stream -> its read timeout, for the event
+        self._ping_seq = 0
         self._peer_limit = 2**32 + 1  # the peer's MAX_CONCURRENT_STREAMS; none until SETTINGS
         self.auto_ack = True
         self.closed = False
@@ -1084,6 +1095,7 @@ class H2Core:
             elif isinstance(ev, h2.events.PingAckReceived):
                 payload = ev.ping_data or b""
                 sent = self._pings.pop(payload, None)
+                self._liveness.pong()
                 out.append(PingAcked(payload, None if sent is None else now - sent))
             # PRIORITY, ALTSVC, unknown frames: nothing for the owner to do.
 
@@ -1107,6 +1119,10 @@ class H2Core:
         """Response (or informational) HEADERS on one of our streams (client role)."""
         state = self._streams.get(sid)
         if state is not None:
+            if self._timeouts and sid in self._timeouts and headers and \
+                    headers[0][1][:1] != b"1":  # a final response: its deadline is met
+                del self._timeouts[sid]
+                self._liveness.answered(sid)
             out.append(ResponseReceived(sid, headers, ended))
             if ended:
                 state[0] = True
@@ -1335,6 +1351,48 @@ class H2Core:
         payload = payload.ljust(8, b"\0")[:8]
         self._pings[payload] = now
         self._conn.ping(payload)
+
+    # ------------------------------------------------------------------ timers
+
+    def expect_response(self, stream_id: int, timeout: float, now: float) -> bool:
+        """Client role: the response to ``stream_id`` must start within ``timeout`` seconds of
+        ``now``, else :meth:`handle_timer` reports :class:`ResponseTimedOut`. True if the
+        owner must re-arm its timer sooner (see :meth:`get_timer`)."""
+        timeouts = self._timeouts
+        timeouts[stream_id] = timeout
+        if len(timeouts) > 2 * len(self._streams) + 64:
+            self._prune_timeouts()
+        return self._liveness.watch(stream_id, now + timeout)
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called (None: nothing to watch): the
+        earliest response deadline, and, while streams are open and ``ping_interval`` is
+        set, when the connection will have been silent that long (or a PING sent then
+        unanswered for ``ping_timeout``). One timer per connection, whatever the streams."""
+        return self._liveness.due(self.last_frame_at, waiting=bool(self._streams))
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """The timer from :meth:`get_timer` fired: responses overdue, and the PING watchdog (a
+        PING is queued to send when the connection was silent too long)."""
+        self._now = now
+        verdict = self._liveness.expire(now, self.last_frame_at, waiting=bool(self._streams))
+        events: list[Event] = []
+        for sid in verdict.expired:
+            timeout = self._timeouts.pop(sid, None)
+            if timeout is not None and sid in self._streams:
+                events.append(ResponseTimedOut(sid, timeout))
+        if verdict.dead:
+            events.append(PingTimedOut(self._liveness.ping_timeout))
+        elif verdict.ping and not self.closed:
+            self._ping_seq += 1
+            self.ping(self._ping_seq.to_bytes(8, "big"), now)
+        return events
+
+    def _prune_timeouts(self) -> None:
+        """Forget the deadlines of streams that ended (reset, refused) without a response."""
+        for sid in [sid for sid in self._timeouts if sid not in self._streams]:
+            del self._timeouts[sid]
+            self._liveness.answered(sid)
 
     def update_settings(self, settings: Mapping[int, int]) -> None:
         """Send new SETTINGS. A lower MAX_CONCURRENT_STREAMS is enforced at once: streams the

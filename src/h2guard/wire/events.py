@@ -18,8 +18,10 @@ __all__ = [
     "Headers",
     "PingAcked",
     "PingReceived",
+    "PingTimedOut",
     "RequestReceived",
     "ResponseReceived",
+    "ResponseTimedOut",
     "SettingsAcked",
     "SettingsReceived",
     "StreamEnded",
@@ -185,7 +187,25 @@ class ConnectionFailed:
     local: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseTimedOut:
+    """Client role, from :meth:`~h2guard.wire.core.H2Core.handle_timer`: no response HEADERS
+    on the stream by the deadline given to ``expect_response`` (``after`` seconds)."""
+
+    stream_id: int
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
+class PingTimedOut:
+    """From :meth:`~h2guard.wire.core.H2Core.handle_timer`: the connection went silent while
+    requests waited, and the PING sent then stayed unanswered for ``after`` seconds (a black
+    hole: the owner should abandon the connection)."""
+
+    after: float
+
+
 Event = (RequestReceived | ResponseReceived | TrailersReceived | DataReceived | StreamEnded
          | StreamReset | StreamRefused | StreamRejected | GoAwayReceived | GoAwayViolated
-         | SettingsReceived
+         | SettingsReceived | ResponseTimedOut | PingTimedOut
          | SettingsAcked | PingReceived | PingAcked | WindowUpdated | ConnectionFailed)

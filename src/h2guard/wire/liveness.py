@@ -5,7 +5,9 @@ response HEADERS did not arrive within its read timeout, and a connection that w
 black hole: a load balancer dropped it without a FIN or RST). Arming an event-loop timer per
 request for the first costs a heap push and a cancel on every request's path; this keeps the
 deadlines in a dict (streams are opened in deadline order when they share a timeout, so the
-earliest is almost always the oldest) and tells the owner the one moment it must wake up:
+earliest is almost always the oldest) and tells the one moment to wake up.
+:class:`~h2guard.wire.core.H2Core` owns one per connection and exposes it as
+``expect_response`` / ``get_timer()`` / ``handle_timer(now)``:
 
 * :meth:`due` — when to call :meth:`expire` next (``None``: nothing to watch);
 * :meth:`expire` — at ``now``: the streams whose deadline passed, whether to send a PING, and
