@@ -959,3 +959,64 @@ async def test_tls_handshake_that_never_starts_is_closed() -> None:
         elapsed = time.monotonic() - start
         writer.close()
         assert 0.4 <= elapsed <= 3.0, elapsed
+
+
+# --------------------------------------------------------------------------- busy, not hostile
+
+
+def _pycurl_burst(url: str, n: int, concurrency: int) -> tuple[list[int], int]:
+    """libcurl (nghttp2) multiplexing ``n`` GETs on one prior-knowledge connection, as fast
+    as it goes: it sends a WINDOW_UPDATE with every stream, so a naive control-frame limit
+    would call it a flood. Returns the statuses and the connections libcurl opened."""
+    import io
+
+    import pycurl
+
+    multi = pycurl.CurlMulti()
+    multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+    multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, 1)
+    statuses: list[int] = []
+    connects = 0
+    started = 0
+    free: list[Any] = []
+    for _ in range(concurrency):
+        handle = pycurl.Curl()
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
+        handle.setopt(pycurl.PIPEWAIT, 1)
+        handle.setopt(pycurl.TIMEOUT, 20)
+        free.append(handle)
+    deadline = time.monotonic() + 60  # bounded whatever happens
+    while len(statuses) < n and time.monotonic() < deadline:
+        while free and started < n:
+            handle = free.pop()
+            handle.setopt(pycurl.URL, f"{url}/bytes/16?i={started}")
+            handle.setopt(pycurl.WRITEDATA, io.BytesIO())
+            multi.add_handle(handle)
+            started += 1
+        multi.perform()
+        _queued, ok, failed = multi.info_read()
+        for handle in ok:
+            statuses.append(handle.getinfo(pycurl.RESPONSE_CODE))
+            connects += handle.getinfo(pycurl.NUM_CONNECTS)
+            multi.remove_handle(handle)
+            free.append(handle)
+        for handle, _code, _message in failed:
+            statuses.append(0)
+            multi.remove_handle(handle)
+            free.append(handle)
+        multi.select(0.05)
+    return statuses, connects
+
+
+async def test_a_busy_libcurl_client_is_not_a_control_frame_flood() -> None:
+    """A real client at full speed is served, not cut off: every request earns the control
+    frames a client sends with it (libcurl: a WINDOW_UPDATE per stream)."""
+    pytest.importorskip("pycurl", reason="pycurl is in the dev extra: pip install -e '.[dev]'")
+    # a limit low enough that 1,500 requests' WINDOW_UPDATEs would pass it within a second
+    limits = Limits(max_control_frames_per_second=300)
+    async with serve(scenario("busy-libcurl", limits), h2c=True, seed=1) as server:
+        statuses, connects = await asyncio.to_thread(_pycurl_burst, server.url, 1500, 50)
+        cut = {key: n for key, n in server.fault_counts.items() if key[0] == "limit_exceeded"}
+    assert statuses.count(200) == 1500, f"{statuses.count(200)} of 1500 served, cut off: {cut}"
+    assert connects == 1
+    assert not cut

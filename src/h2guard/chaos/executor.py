@@ -210,6 +210,11 @@ class _Timer:
         self.cancelled = True
 
 
+_CONTROL_PER_REQUEST = 4
+"""Control frames each request earns the client (WINDOW_UPDATE, PRIORITY, PRIORITY_UPDATE per
+stream), so a busy legitimate client is never cut off as a flood."""
+
+
 class _Bucket:
     """A token bucket holding one second's worth: ``rate`` at once, refilled at ``rate``/s."""
 
@@ -336,6 +341,7 @@ class Executor:
         self._idle_timer: _Timer | None = None
         self._resets_seen = 0
         self._control_seen = 0
+        self._requests_credited = 0
         self._data_frames = 0
         self._acks_only = False
         limits = ctx.limits
@@ -1430,6 +1436,13 @@ class Executor:
         if self._data_frames:
             bucket.give(self._data_frames)  # a client may acknowledge every frame we send
             self._data_frames = 0
+        requests = core.requests_seen - self._requests_credited
+        if requests:
+            # and may open each stream's window (libcurl sends a WINDOW_UPDATE with every
+            # request: 2 per request measured) or reprioritise it: that is traffic, not a
+            # flood, at any request rate (the request rate has limits of its own)
+            self._requests_credited = core.requests_seen
+            bucket.give(_CONTROL_PER_REQUEST * requests)
         if control:
             self._control_seen = core.control_frames
             if not bucket.take(control, now):

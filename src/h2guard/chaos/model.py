@@ -246,8 +246,9 @@ class Limits:
     (``None``: forever). ``max_resets_per_second``: RST_STREAM frames from the peer (Rapid
     Reset, CVE-2023-44487). ``max_control_frames_per_second``: PING, SETTINGS, WINDOW_UPDATE,
     PRIORITY, unknown frames and empty DATA without END_STREAM (CVE-2019-9512/9515/9518); a DATA
-    frame the server sends earns one more, so a client acknowledging every frame is never
-    counted as a flood. Both rates are token buckets of one second's worth. ``max_pending_output``:
+    frame the server sends earns one more and each request four (libcurl opens every stream's
+    window with a WINDOW_UPDATE), so a busy client acknowledging every frame is never counted
+    as a flood. Both rates are token buckets of one second's worth. ``max_pending_output``:
     bytes of answers (PING and SETTINGS acks, resets) queued for a peer that does not read.
     ``max_header_list_size``: the largest request header block (decoded), advertised in
     SETTINGS; ``None`` keeps ``[settings].max_header_list_size`` or the server's default.
