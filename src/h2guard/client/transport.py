@@ -418,9 +418,20 @@ def _response(st: StreamState, timeouts: dict[str, float | None],
         stream: httpx.AsyncByteStream = httpx.ByteStream(content)
     else:
         stream = _ResponseStream(st, timeouts)
-    return httpx.Response(st.status, headers=st.headers, stream=stream,
+    return httpx.Response(st.status, headers=_httpx_headers(st.headers), stream=stream,
                           extensions={"http_version": b"HTTP/2", "h2guard_stream_id": st.sid,
                                       "h2guard_attempts": attempt})
+
+
+def _httpx_headers(fields: Headers) -> httpx.Headers:
+    """Response fields as ``httpx.Headers`` without httpx normalising each name again: HTTP/2
+    field names are lowercase already (RFC 9113 §8.2.1; the core rejects any other as
+    malformed), so each is its own lower-case key."""
+    headers = httpx.Headers()
+    if isinstance(getattr(headers, "_list", None), list):
+        headers._list = [(name, name, value) for name, value in fields]
+        return headers
+    return httpx.Headers(fields)  # pragma: no cover - another httpx: its own, slower way
 
 
 def _h2_headers(request: httpx.Request) -> Headers:
