@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_STAMP := $(VENV)/.demo-stamp
 REPORT_DIR ?= build/bench
 
-.PHONY: demo test lint typecheck pytest peers venv bench throughput scoreboard clean
+.PHONY: demo test lint typecheck pytest peers venv bench throughput perf scoreboard clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench: $(STAMP) peers
 
 throughput: $(STAMP) peers
 	$(BIN)/python benchmarks/chaos_throughput.py
+
+# the client against httpx's own ceiling, raw httpx, niquests, pycurl; sync and async (docs/performance.md)
+perf: throughput
+	$(BIN)/python benchmarks/client_throughput.py --target nginx
 
 scoreboard: $(DEMO_STAMP)
 	$(BIN)/h2guard bench --quick --json $(REPORT_DIR)/quick.json --html $(REPORT_DIR)/report.html
