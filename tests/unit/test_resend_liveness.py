@@ -182,3 +182,11 @@ def test_a_ping_answer_keeps_the_core_from_calling_the_connection_dead() -> None
     client.receive(server.data_to_send(), 11.0)  # the PING ACK
     assert client.handle_timer(15.0) == []
     assert client.get_timer() == 21.0
+
+
+def test_silence_counts_from_when_requests_started_waiting() -> None:
+    lv = Liveness(ping_interval=10, ping_timeout=5)
+    lv.start(100.0)  # the last frame came at 0.0, an idle spell; a request now
+    assert lv.due(0.0, waiting=True) == 110.0
+    assert not lv.expire(100.0, 0.0, waiting=True).ping  # not PINGed the moment it is used
+    assert lv.expire(110.0, 0.0, waiting=True).ping

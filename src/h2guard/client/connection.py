@@ -161,8 +161,8 @@ class Signal:
 class StreamState:
     """What one request's stream has seen so far; the transport's response reads from it."""
 
-    __slots__ = ("body_done", "chunks", "conn", "ended", "failure", "headers", "read_timeout",
-                 "readable", "response", "sid", "status", "writable")
+    __slots__ = ("body_done", "chunks", "conn", "ended", "failure", "headers", "readable",
+                 "response", "sid", "status", "writable")
 
     def __init__(self, conn: Connection, sid: int) -> None:
         self.conn = conn
@@ -177,7 +177,6 @@ class StreamState:
         self.ended = False
         self.body_done = False  # our request body is fully sent
         self.failure: Failure | None = None
-        self.read_timeout: float | None = None
 
     def fail(self, failure: Failure) -> None:
         if self.failure is not None or (self.ended and self.response.done()):
@@ -522,6 +521,8 @@ class Connection(asyncio.Protocol):
     def open_stream(self, headers: Headers, *, end_stream: bool) -> StreamState:
         """Send request HEADERS on a new stream (the caller checked :attr:`usable`)."""
         sid = self.core.next_stream_id()
+        if not self.streams:
+            self.core.waiting_from(self.loop.time())
         st = StreamState(self, sid)
         self.streams[sid] = st
         if not self.core.send_headers(sid, headers, end_stream=end_stream):
@@ -568,7 +569,6 @@ class Connection(asyncio.Protocol):
     def expect_response(self, st: StreamState, timeout: float) -> None:
         """The response to ``st`` must start within ``timeout`` seconds from now, or the
         stream fails as ``timeout`` and is reset (one timer per connection, not per stream)."""
-        st.read_timeout = timeout
         if self.core.expect_response(st.sid, timeout, self.loop.time()) or self._timer is None:
             self._arm()
 

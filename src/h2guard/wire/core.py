@@ -1364,6 +1364,11 @@ class H2Core:
             self._prune_timeouts()
         return self._liveness.watch(stream_id, now + timeout)
 
+    def waiting_from(self, now: float) -> None:
+        """Client role: requests start waiting at ``now`` after none did; the PING watchdog
+        counts the connection's silence from here (an idle spell before is not silence)."""
+        self._liveness.start(now)
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called (None: nothing to watch): the
         earliest response deadline, and, while streams are open and ``ping_interval`` is

@@ -41,7 +41,8 @@ class Liveness:
     ``ping_interval`` <= 0 turns the PING watchdog off (deadlines still apply).
     """
 
-    __slots__ = ("_deadlines", "_floor", "ping_deadline", "ping_interval", "ping_timeout")
+    __slots__ = ("_deadlines", "_floor", "_since", "ping_deadline", "ping_interval",
+                 "ping_timeout")
 
     def __init__(self, *, ping_interval: float, ping_timeout: float) -> None:
         self.ping_interval = ping_interval
@@ -49,6 +50,7 @@ class Liveness:
         self._deadlines: dict[int, float] = {}
         self._floor = _NEVER  # <= every deadline in _deadlines (lazy: may be stale-low)
         self.ping_deadline: float | None = None  # a PING is out; unanswered by then: dead
+        self._since = 0.0  # when requests started waiting (silence counts from then)
 
     # ------------------------------------------------------------------ feeding
 
@@ -66,6 +68,11 @@ class Liveness:
         applies. Leaves ``_floor`` as it is: at worst the timer wakes once for nothing."""
         self._deadlines.pop(stream_id, None)
 
+    def start(self, now: float) -> None:
+        """Requests start waiting at ``now`` (none did before): silence counts from here, so
+        a connection that sat idle is not PINGed the moment it is used again."""
+        self._since = now
+
     def pong(self) -> None:
         """A PING was answered: the connection is alive."""
         self.ping_deadline = None
@@ -78,7 +85,7 @@ class Liveness:
         when = self._floor if self._deadlines else _NEVER
         if waiting and self.ping_interval > 0:
             ping_due = self.ping_deadline if self.ping_deadline is not None \
-                else last_frame_at + self.ping_interval
+                else max(last_frame_at, self._since) + self.ping_interval
             when = min(when, ping_due)
         return None if when == _NEVER else when
 
@@ -100,7 +107,7 @@ class Liveness:
         if waiting and self.ping_interval > 0:
             if self.ping_deadline is not None:
                 dead = now >= self.ping_deadline
-            elif now - last_frame_at >= self.ping_interval:
+            elif now - max(last_frame_at, self._since) >= self.ping_interval:
                 ping = True
                 self.ping_deadline = now + self.ping_timeout
         elif not waiting:
