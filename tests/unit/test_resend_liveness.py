@@ -57,12 +57,12 @@ def test_a_one_shot_body_already_taken_cannot_go_again_even_if_unprocessed() -> 
 def test_deadlines_give_one_wake_up_at_the_earliest_and_expire_in_order() -> None:
     lv = Liveness(ping_interval=0, ping_timeout=5)
     assert lv.due(0.0, waiting=False) is None
-    assert lv.watch(1, 30.0) is True  # the first deadline: arm
-    assert lv.watch(3, 31.0) is False  # later than the armed one: no timer work
-    assert lv.watch(5, 10.0) is True  # earlier: re-arm sooner
+    assert lv.watch(1, 30.0, 30.0) is True  # the first deadline: arm
+    assert lv.watch(3, 31.0, 30.0) is False  # later than the armed one: no timer work
+    assert lv.watch(5, 10.0, 5.0) is True  # earlier: re-arm sooner
     assert lv.due(0.0, waiting=True) == 10.0
     verdict = lv.expire(30.5, 0.0, waiting=True)
-    assert verdict.expired == [1, 5]
+    assert verdict.expired == [(1, 30.0), (5, 5.0)]
     assert not verdict.ping and not verdict.dead
     assert lv.due(0.0, waiting=True) == 31.0
 
@@ -72,6 +72,9 @@ def test_an_answered_stream_never_expires() -> None:
     lv.watch(1, 5.0)
     lv.answered(1)
     assert lv.expire(6.0, 0.0, waiting=True).expired == []
+    lv.watch(3, 9.0)
+    lv.keep_only({5})  # stream 3 was reset meanwhile: forgotten, not reported
+    assert lv.expire(10.0, 0.0, waiting=True).expired == []
     assert lv.due(0.0, waiting=True) is None  # nothing left to watch
 
 

@@ -563,7 +563,6 @@ class H2Core:
         "_pings",
         "_stream_limit",
         "_streams",
-        "_timeouts",
         "_unprocessed",
         "_unprocessed_last",
         "_violations",
@@ -625,7 +624,6 @@ class H2Core:
         self._pending_acks: list[tuple[int, int]] = []
         self._pings: dict[bytes, float] = {}
         self._liveness = Liveness(ping_interval=ping_interval, ping_timeout=ping_timeout)
-        self._timeouts: dict[int, float] = {}  # stream -> its read timeout, for the event
         self._ping_seq = 0
         self._peer_limit = 2**32 + 1  # the peer's MAX_CONCURRENT_STREAMS; none until SETTINGS
         self.auto_ack = True
@@ -1119,9 +1117,7 @@ class H2Core:
         """Response (or informational) HEADERS on one of our streams (client role)."""
         state = self._streams.get(sid)
         if state is not None:
-            if self._timeouts and sid in self._timeouts and headers and \
-                    headers[0][1][:1] != b"1":  # a final response: its deadline is met
-                del self._timeouts[sid]
+            if headers and headers[0][1][:1] != b"1":  # a final response: deadline met
                 self._liveness.answered(sid)
             out.append(ResponseReceived(sid, headers, ended))
             if ended:
@@ -1358,11 +1354,10 @@ class H2Core:
         """Client role: the response to ``stream_id`` must start within ``timeout`` seconds of
         ``now``, else :meth:`handle_timer` reports :class:`ResponseTimedOut`. True if the
         owner must re-arm its timer sooner (see :meth:`get_timer`)."""
-        timeouts = self._timeouts
-        timeouts[stream_id] = timeout
-        if len(timeouts) > 2 * len(self._streams) + 64:
-            self._prune_timeouts()
-        return self._liveness.watch(stream_id, now + timeout)
+        liveness = self._liveness
+        if len(liveness) > 2 * len(self._streams) + 64:
+            liveness.keep_only(self._streams)
+        return liveness.watch(stream_id, now + timeout, timeout)
 
     def waiting_from(self, now: float) -> None:
         """Client role: requests start waiting at ``now`` after none did; the PING watchdog
@@ -1382,9 +1377,8 @@ class H2Core:
         self._now = now
         verdict = self._liveness.expire(now, self.last_frame_at, waiting=bool(self._streams))
         events: list[Event] = []
-        for sid in verdict.expired:
-            timeout = self._timeouts.pop(sid, None)
-            if timeout is not None and sid in self._streams:
+        for sid, timeout in verdict.expired:
+            if sid in self._streams:
                 events.append(ResponseTimedOut(sid, timeout))
         if verdict.dead:
             events.append(PingTimedOut(self._liveness.ping_timeout))
@@ -1392,12 +1386,6 @@ class H2Core:
             self._ping_seq += 1
             self.ping(self._ping_seq.to_bytes(8, "big"), now)
         return events
-
-    def _prune_timeouts(self) -> None:
-        """Forget the deadlines of streams that ended (reset, refused) without a response."""
-        for sid in [sid for sid in self._timeouts if sid not in self._streams]:
-            del self._timeouts[sid]
-            self._liveness.answered(sid)
 
     def update_settings(self, settings: Mapping[int, int]) -> None:
         """Send new SETTINGS. A lower MAX_CONCURRENT_STREAMS is enforced at once: streams the

@@ -19,6 +19,8 @@ unit-tested by feeding times.
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 __all__ = ["Liveness", "Verdict"]
 
 _NEVER = float("inf")
@@ -29,8 +31,8 @@ class Verdict:
 
     __slots__ = ("dead", "expired", "ping")
 
-    def __init__(self, expired: list[int], ping: bool, dead: bool) -> None:
-        self.expired = expired  # stream ids whose read deadline passed (oldest first)
+    def __init__(self, expired: list[tuple[int, float]], ping: bool, dead: bool) -> None:
+        self.expired = expired  # (stream id, its timeout) whose deadline passed, oldest first
         self.ping = ping  # send a PING now (the connection has been silent too long)
         self.dead = dead  # a PING went unanswered for ping_timeout: abandon the connection
 
@@ -47,17 +49,18 @@ class Liveness:
     def __init__(self, *, ping_interval: float, ping_timeout: float) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self._deadlines: dict[int, float] = {}
+        self._deadlines: dict[int, tuple[float, float]] = {}  # id -> (deadline, timeout)
         self._floor = _NEVER  # <= every deadline in _deadlines (lazy: may be stale-low)
         self.ping_deadline: float | None = None  # a PING is out; unanswered by then: dead
         self._since = 0.0  # when requests started waiting (silence counts from then)
 
     # ------------------------------------------------------------------ feeding
 
-    def watch(self, stream_id: int, deadline: float) -> bool:
-        """The response to ``stream_id`` must start by ``deadline``. True if this is earlier
-        than anything watched before, so the owner must re-arm its timer sooner."""
-        self._deadlines[stream_id] = deadline
+    def watch(self, stream_id: int, deadline: float, timeout: float = 0.0) -> bool:
+        """The response to ``stream_id`` must start by ``deadline`` (``timeout`` seconds after
+        it was asked, for the report). True if this is earlier than anything watched before,
+        so the owner must re-arm its timer sooner."""
+        self._deadlines[stream_id] = (deadline, timeout)
         if deadline < self._floor:
             self._floor = deadline
             return True
@@ -67,6 +70,16 @@ class Liveness:
         """The stream's response started (or the stream ended): its deadline no longer
         applies. Leaves ``_floor`` as it is: at worst the timer wakes once for nothing."""
         self._deadlines.pop(stream_id, None)
+
+    def keep_only(self, open_streams: Container[int]) -> None:
+        """Forget the deadlines of streams that ended without a response (reset, refused):
+        they would go only when their deadline passes."""
+        deadlines = self._deadlines
+        for sid in [sid for sid in deadlines if sid not in open_streams]:
+            del deadlines[sid]
+
+    def __len__(self) -> int:
+        return len(self._deadlines)
 
     def start(self, now: float) -> None:
         """Requests start waiting at ``now`` (none did before): silence counts from here, so
@@ -91,16 +104,16 @@ class Liveness:
 
     def expire(self, now: float, last_frame_at: float, *, waiting: bool) -> Verdict:
         """Decide at ``now``; ``last_frame_at`` is when the peer last sent any frame."""
-        expired: list[int] = []
+        expired: list[tuple[int, float]] = []
         deadlines = self._deadlines
         if deadlines and now >= self._floor:
             floor = _NEVER
-            for sid, deadline in deadlines.items():
+            for sid, (deadline, timeout) in deadlines.items():
                 if deadline <= now:
-                    expired.append(sid)
+                    expired.append((sid, timeout))
                 elif deadline < floor:
                     floor = deadline
-            for sid in expired:
+            for sid, _ in expired:
                 del deadlines[sid]
             self._floor = floor
         ping = dead = False
