@@ -380,18 +380,8 @@ class _AsyncToSync(httpx.SyncByteStream):
             return []
         batch = [chunk]
         if isinstance(self._source, _ResponseStream):
-            # h2guard's own stream: the DATA already buffered behind this chunk, taken without
-            # waiting, as its iterator would take it (pop, then give the flow-control credit
-            # back); it goes on from there
-            st = self._source._st
-            chunks = st.chunks
-            if chunks:
-                taken = 0
-                while chunks:
-                    chunk = chunks.popleft()
-                    taken += len(chunk)
-                    batch.append(chunk)
-                st.conn.consumed(st, taken)
+            # h2guard's own stream: the DATA already buffered behind this chunk comes along
+            batch += self._source.take_buffered()
         return batch
 
     def close(self) -> None:

@@ -351,6 +351,18 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._st = st
         self._timeout = timeouts.get("read")
 
+    def take_buffered(self) -> list[bytes]:
+        """Every chunk already received, at once, its flow-control credit given back: for a
+        reader that takes what is there without waiting (the sync transport, per hop)."""
+        st = self._st
+        chunks = st.chunks
+        if not chunks:
+            return []
+        taken = list(chunks)
+        chunks.clear()
+        st.conn.consumed(st, sum(map(len, taken)))
+        return taken
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         st = self._st
         conn = st.conn
