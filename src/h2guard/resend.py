@@ -21,9 +21,10 @@ Refusal = Literal["maybe_processed", "one_shot_body"]
 (not idempotent, no key); ``one_shot_body``: part of a body that cannot be rewound was sent."""
 
 
-def why_not_resend(failure: Failure, *, safe: bool, body_resendable: bool,
+def why_not_resend(failure: Failure | None, *, safe: bool, body_resendable: bool,
                    trust_refused_stream: bool = True) -> Refusal | None:
-    """None if the request may be sent again after ``failure``; else why not.
+    """None if the request may be sent again after ``failure``; else why not. ``failure``
+    None: a response came (a status the policy retries), so the request was processed.
 
     ``safe``: repeating it cannot apply it twice (an idempotent method, or an
     Idempotency-Key the server honours). ``body_resendable``: its body can be sent again from
@@ -31,7 +32,7 @@ def why_not_resend(failure: Failure, *, safe: bool, body_resendable: bool,
     ``trust_refused_stream=False`` counts REFUSED_STREAM as maybe processed (some proxies send
     it after the application ran).
     """
-    unprocessed = failure.processed == "no" and (
+    unprocessed = failure is not None and failure.processed == "no" and (
         trust_refused_stream or failure.kind != "refused_stream")
     if not unprocessed and not safe:
         return "maybe_processed"

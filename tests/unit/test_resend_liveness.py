@@ -43,6 +43,12 @@ def test_an_untrusted_refused_stream_counts_as_maybe_processed() -> None:
                           body_resendable=True, trust_refused_stream=False) is None
 
 
+def test_a_response_means_processed() -> None:
+    assert why_not_resend(None, safe=False, body_resendable=True) == "maybe_processed"
+    assert why_not_resend(None, safe=True, body_resendable=True) is None
+    assert why_not_resend(None, safe=True, body_resendable=False) == "one_shot_body"
+
+
 def test_a_one_shot_body_already_taken_cannot_go_again_even_if_unprocessed() -> None:
     assert why_not_resend(_failure("refused_stream", "no"), safe=False,
                           body_resendable=False) == "one_shot_body"

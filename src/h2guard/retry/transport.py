@@ -29,7 +29,7 @@ from h2guard import otel
 from h2guard.client.transport import AsyncHTTPTransport, origin_of
 from h2guard.errors import Failure, H2ReadTimeout, attach, failure_of
 from h2guard.events import EventLog
-from h2guard.resend import Refusal, why_not_resend
+from h2guard.resend import why_not_resend
 from h2guard.retry.classify import classify
 from h2guard.retry.policy import Decision, RetryBudget, RetryPolicy
 from h2guard.retry.policy import parse_retry_after as _parse_retry_after
@@ -180,17 +180,11 @@ class _Attempts:
             what = failure.kind if failure is not None else f"status {status}"
             return Decision(False, reason=f"{what} is not a retry_on condition of the policy")
         # the rule the transport's own moves apply too (h2guard.resend), with this request's
-        # method and key; a response (a status to retry) was processed, so it needs safety
-        safe = self.method in policy.idempotent_methods or self.keyed
-        body_ok = self.body.can_resend()
-        why: Refusal | None
-        if failure is None:
-            why = None if safe else "maybe_processed"
-            if why is None and not body_ok:
-                why = "one_shot_body"
-        else:
-            why = why_not_resend(failure, safe=safe, body_resendable=body_ok,
-                                 trust_refused_stream=policy.trust_refused_stream)
+        # method and key
+        why = why_not_resend(
+            failure, safe=self.method in policy.idempotent_methods or self.keyed,
+            body_resendable=self.body.can_resend(),
+            trust_refused_stream=policy.trust_refused_stream)
         if why == "maybe_processed":
             return Decision(False, reason=f"{self.method} without an {policy.key_header} may "
                             "have been processed, so sending it again could apply it twice; "
