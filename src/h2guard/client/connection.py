@@ -172,8 +172,10 @@ class StreamState:
         self.status = 0
         self.headers: Headers = []
         self.chunks: deque[bytes] = deque()
-        self.readable = Signal()
-        self.writable = Signal()
+        # made by the first reader / writer that has to wait (most never do): a waiter checks
+        # its condition first, so a signal that starts unset loses no wake-up
+        self.readable: Signal | None = None
+        self.writable: Signal | None = None
         self.ended = False
         self.body_done = False  # our request body is fully sent
         self.failure: Failure | None = None
@@ -184,8 +186,32 @@ class StreamState:
         self.failure = failure
         if not self.response.done():
             self.response.set_result(None)
-        self.readable.set()
-        self.writable.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the stream's reader and writer, if they wait: something changed."""
+        if self.readable is not None:
+            self.readable.set()
+        if self.writable is not None:
+            self.writable.set()
+
+    async def wait_readable(self) -> None:
+        """Wait until the stream has news for its reader (call after checking for it)."""
+        signal = self.readable
+        if signal is None:
+            signal = self.readable = Signal()
+        else:
+            signal.clear()
+        await signal.wait()
+
+    async def wait_writable(self, timeout: float | None) -> None:
+        """Wait (at most ``timeout`` s) until the stream may send more (after checking)."""
+        signal = self.writable
+        if signal is None:
+            signal = self.writable = Signal()
+        else:
+            signal.clear()
+        await asyncio.wait_for(signal.wait(), timeout)
 
 
 class Connection(asyncio.Protocol):
@@ -296,7 +322,8 @@ class Connection(asyncio.Protocol):
                 if st is not None:
                     if ev.data:
                         st.chunks.append(ev.data)
-                        st.readable.set()
+                        if st.readable is not None:
+                            st.readable.set()
                     if ev.flow_controlled_length > len(ev.data):  # padding: nobody reads it
                         self.core.acknowledge(ev.stream_id,
                                               ev.flow_controlled_length - len(ev.data))
@@ -311,15 +338,17 @@ class Connection(asyncio.Protocol):
                     if not st.response.done():  # END_STREAM without a final response
                         st.fail(self._failure("protocol", "maybe", st.sid,
                                               detail="stream ended without a response"))
-                    st.readable.set()
-                    self._stream_closed()
+                    if st.readable is not None:
+                        st.readable.set()
+                    self._stream_closed(now)
             elif isinstance(ev, WindowUpdated):
                 if ev.stream_id == 0:
                     for st in self.streams.values():
-                        st.writable.set()
+                        if st.writable is not None:
+                            st.writable.set()
                 else:
                     st = self.streams.get(ev.stream_id)
-                    if st is not None:
+                    if st is not None and st.writable is not None:
                         st.writable.set()
             elif isinstance(ev, StreamReset):
                 self._on_reset(ev)
@@ -338,7 +367,7 @@ class Connection(asyncio.Protocol):
                     waiter.set_result(ev.rtt or 0.0)
             elif isinstance(ev, TrailersReceived):
                 st = self.streams.get(ev.stream_id)
-                if st is not None:
+                if st is not None and st.readable is not None:
                     st.readable.set()
             elif isinstance(ev, ConnectionFailed):
                 self._lost("protocol", ev.message, code=ev.error_code)
@@ -390,17 +419,24 @@ class Connection(asyncio.Protocol):
         st = self.streams.get(ev.stream_id)
         if st is None:
             return
-        status_raw = b""
-        for key, value in ev.headers:
-            if key == b":status":
-                status_raw = value
-                break
+        headers = ev.headers
+        if headers and headers[0][0] == b":status" and \
+                (len(headers) == 1 or headers[1][0][:1] != b":"):
+            status_raw = headers[0][1]  # the usual block (pseudo-header fields come first)
+            fields = headers[1:]
+        else:
+            status_raw = b""
+            for key, value in headers:
+                if key == b":status":
+                    status_raw = value
+                    break
+            fields = [(k, v) for k, v in headers if k[:1] != b":"]
         if status_raw[:1] == b"1" and status_raw != b"101":
             return  # informational (100 Continue, 103 Early Hints): wait for the final one
         if st.response.done():
             return  # trailers arrive as TrailersReceived; a second response is ignored
         st.status = int(status_raw or b"0")
-        st.headers = [(k, v) for k, v in ev.headers if k[:1] != b":"]
+        st.headers = fields
         st.response.set_result(None)
 
     def _on_reset(self, ev: StreamReset) -> None:
@@ -413,8 +449,7 @@ class Connection(asyncio.Protocol):
             # NO_ERROR after a response: the server does not need the rest of our body
             st.body_done = True
             st.ended = True
-            st.readable.set()
-            st.writable.set()
+            st.wake()
             self._stream_closed()
             return
         if code == _REFUSED:
@@ -468,8 +503,10 @@ class Connection(asyncio.Protocol):
                         extra={"h2guard": {"event": "client.goaway_violation",
                                            "origin": self.origin, "stream": ev.stream_id}})
 
-    def _stream_closed(self) -> None:
-        now = self.last_active = self.loop.time()
+    def _stream_closed(self, now: float | None = None) -> None:
+        if now is None:
+            now = self.loop.time()
+        self.last_active = now
         if self.draining and not self.streams:
             if now < self._watch_until and self._watch_timer is None and not self.closed:
                 self._watch_timer = self.loop.call_at(self._watch_until, self.close)
@@ -518,19 +555,24 @@ class Connection(asyncio.Protocol):
     def stream_limit(self) -> int:
         return int(self.core.remote_settings.get(_MCS, 2**31 - 1))
 
-    def open_stream(self, headers: Headers, *, end_stream: bool) -> StreamState:
+    def open_stream(self, headers: Headers, *, end_stream: bool,
+                    now: float | None = None) -> StreamState:
         """Send request HEADERS on a new stream (the caller checked :attr:`usable`)."""
-        sid = self.core.next_stream_id()
-        if not self.streams:
-            self.core.waiting_from(self.loop.time())
+        core = self.core
+        sid = core.next_stream_id()
+        if now is None:
+            now = self.loop.time()
+        streams = self.streams
+        if not streams:
+            core.waiting_from(now)
         st = StreamState(self, sid)
-        self.streams[sid] = st
-        if not self.core.send_headers(sid, headers, end_stream=end_stream):
-            del self.streams[sid]
+        streams[sid] = st
+        if not core.send_headers(sid, headers, end_stream=end_stream):
+            del streams[sid]
             raise ConnectionError("could not open a stream")
         st.body_done = end_stream
         self.requests += 1
-        self.last_active = self.loop.time()
+        self.last_active = now
         # The HEADERS of requests opened this tick go out together, but in batches of
         # _BATCH: a server that answers a burst in one write would otherwise wait idle while
         # all 50 responses are processed here, then get all 50 new requests at once (lockstep).
@@ -553,23 +595,27 @@ class Connection(asyncio.Protocol):
         processed it, so it may go to another connection; anything else — failed. ``body`` is
         None for no body. Raises ConnectionError if this connection would not open a stream
         (it is going away: the caller tries another)."""
-        st = self.open_stream(headers, end_stream=body is None)
+        now = self.loop.time()
+        st = self.open_stream(headers, end_stream=body is None, now=now)
         try:
             if body is not None:
                 await self._send_body(st, body, write_timeout)
+                now = self.loop.time()
             if not st.response.done():
                 if read_timeout is not None:
-                    self.expect_response(st, read_timeout)
+                    self.expect_response(st, read_timeout, now)
                 await st.response
         except asyncio.CancelledError:
             self.cancel(st)
             raise
         return st
 
-    def expect_response(self, st: StreamState, timeout: float) -> None:
+    def expect_response(self, st: StreamState, timeout: float, now: float | None = None) -> None:
         """The response to ``st`` must start within ``timeout`` seconds from now, or the
         stream fails as ``timeout`` and is reset (one timer per connection, not per stream)."""
-        if self.core.expect_response(st.sid, timeout, self.loop.time()) or self._timer is None:
+        if now is None:
+            now = self.loop.time()
+        if self.core.expect_response(st.sid, timeout, now) or self._timer is None:
             self._arm()
 
     async def _send_body(self, st: StreamState,
@@ -602,8 +648,7 @@ class Connection(asyncio.Protocol):
                 view = view[sent:]
                 self._flush()
             if view and sent < len(piece):  # the window is spent: wait for WINDOW_UPDATE
-                st.writable.clear()
-                await asyncio.wait_for(st.writable.wait(), timeout)
+                await st.wait_writable(timeout)
             if self.write_paused:
                 await asyncio.wait_for(self.write_ready.wait(), timeout)
 

@@ -201,6 +201,8 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         self.events = events if events is not None else EventLog(maxlen=10_000)
         self._rng = random.Random(seed)
         self._pools: dict[tuple[bytes, bytes, int], OriginPool] = {}
+        # the same pools by the URL's own (scheme, host, port or None): the hot path's lookup
+        self._by_url: dict[tuple[bytes, bytes, int | None], OriginPool] = {}
         self._http1: dict[str | None, httpx.AsyncHTTPTransport] = {}
         self._closed = False
 
@@ -209,9 +211,11 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise RuntimeError("the transport is closed")
-        if request.url.raw_scheme == b"http" and not self._prior_knowledge:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme == b"http" and not self._prior_knowledge:
             return await self._via_http1(request)
-        pool = self._pool_for(request)
+        pool = self._by_url.get((scheme, url.raw_host, url.port)) or self._pool_for(request)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", _NO_TIMEOUTS)
         # RetryTransport sets 0: it makes every retry decision (and budgets them) itself
         limit: int = request.extensions.get("h2guard.transparent_retries", self._retries)
@@ -288,6 +292,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         for pool in self._pools.values():
             await pool.aclose()
         self._pools.clear()
+        self._by_url.clear()
         for delegate in self._http1.values():
             await delegate.aclose()
         self._http1.clear()
@@ -313,6 +318,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
                               rng=self._rng, dialer=self._dialer,
                               proxy=self._proxy_for(url))
             self._pools[key] = pool
+        self._by_url[(url.raw_scheme, url.raw_host, url.port)] = pool
         return pool
 
     def _proxy_for(self, url: httpx.URL) -> str | None:
@@ -376,13 +382,12 @@ class _ResponseStream(httpx.AsyncByteStream):
                 raise attach(_with_attempts(st.failure, 1))
             if st.ended:
                 return
-            st.readable.clear()
             try:
                 if self._timeout is None:
-                    await st.readable.wait()
+                    await st.wait_readable()
                 else:
                     async with asyncio.timeout(self._timeout):
-                        await st.readable.wait()
+                        await st.wait_readable()
             except TimeoutError:
                 conn.cancel(st)
                 raise attach(Failure("timeout", "yes", None, st.sid, None, conn.origin,
@@ -423,36 +428,85 @@ def _response(st: StreamState, timeouts: dict[str, float | None],
     """The httpx response for a stream whose response started. A body that already arrived
     whole (the usual small response: HEADERS and DATA in one read) is handed over as bytes,
     with no reader in between; the core gave its flow-control credit back when it ended."""
+    response = _Response(st.status, stream=_NO_BODY, extensions={
+        "http_version": b"HTTP/2", "h2guard_stream_id": st.sid, "h2guard_attempts": attempt})
+    headers = response.headers
+    fields = st.headers
+    if isinstance(getattr(headers, "_list", None), list):
+        # HTTP/2 field names are lowercase already (RFC 9113 §8.2.1; the core rejects any
+        # other as malformed), so each is its own lower-case key: no normalising again
+        headers._list = [(name, name, value) for name, value in fields]
+    else:  # pragma: no cover - another httpx: its own, slower way
+        response.headers = httpx.Headers(fields)
     if st.ended and st.failure is None:
         chunks = st.chunks
         content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
-        stream: httpx.AsyncByteStream = httpx.ByteStream(content)
+        response.stream = httpx.ByteStream(content)
+        for name, _ in fields:
+            if name == b"content-encoding":  # httpx's decoders must see it
+                break
+        else:
+            response._h2guard_whole = content
     else:
-        stream = _ResponseStream(st, timeouts)
-    return httpx.Response(st.status, headers=_httpx_headers(st.headers), stream=stream,
-                          extensions={"http_version": b"HTTP/2", "h2guard_stream_id": st.sid,
-                                      "h2guard_attempts": attempt})
+        response.stream = _ResponseStream(st, timeouts)
+    return response
 
 
-def _httpx_headers(fields: Headers) -> httpx.Headers:
-    """Response fields as ``httpx.Headers`` without httpx normalising each name again: HTTP/2
-    field names are lowercase already (RFC 9113 §8.2.1; the core rejects any other as
-    malformed), so each is its own lower-case key."""
-    headers = httpx.Headers()
-    if isinstance(getattr(headers, "_list", None), list):
-        headers._list = [(name, name, value) for name, value in fields]
-        return headers
-    return httpx.Headers(fields)  # pragma: no cover - another httpx: its own, slower way
+_NO_BODY = httpx.ByteStream(b"")
+
+
+class _Response(httpx.Response):
+    """An ``httpx.Response`` whose body may have arrived whole with its headers.
+
+    Why: httpx reads every body through two async generators, a decoder and a chunker, which
+    cost about as much as everything h2guard does for a small request. A body that is already
+    here, and not content-encoded, is simply the body: ``read()`` / ``aread()`` take it at
+    once and finish the way httpx's own would (the response consumed and closed, and the
+    client's closing wrapper sets ``elapsed``). Anything else, and every streaming read
+    (``aiter_bytes``, ``aiter_raw`` ...), is httpx's own code.
+    """
+
+    _h2guard_whole: bytes | None = None
+
+    def _take_whole(self, whole: bytes) -> bool:
+        """Make the body read, as httpx's reading loop leaves it; False if it cannot be."""
+        self._h2guard_whole = None
+        if self.is_stream_consumed or self.is_closed or hasattr(self, "_content"):
+            return False
+        self._content = whole
+        self.is_stream_consumed = True
+        self._num_bytes_downloaded = len(whole)
+        self.is_closed = True  # what close()/aclose() do, minus their error-mapping context:
+        return True  # closing a stream of complete bytes raises nothing to map
+
+    def read(self) -> bytes:
+        whole = self._h2guard_whole
+        if whole is not None:
+            stream = self.stream
+            if isinstance(stream, httpx.SyncByteStream) and self._take_whole(whole):
+                stream.close()  # the client's wrapper sets ``elapsed`` here
+                return whole
+        return super().read()
+
+    async def aread(self) -> bytes:
+        whole = self._h2guard_whole
+        if whole is not None:
+            stream = self.stream
+            if isinstance(stream, httpx.AsyncByteStream) and self._take_whole(whole):
+                await stream.aclose()  # the client's wrapper sets ``elapsed`` here
+                return whole
+        return await super().aread()
 
 
 def _h2_headers(request: httpx.Request) -> Headers:
     url = request.url
     fields = request.headers
-    authority = url.netloc
     raw: Any = getattr(fields, "_list", None)  # httpx's (raw name, lower name, value) triples
     if raw is None:  # pragma: no cover - another httpx: the public, slower view
         raw = [(k, k.lower(), v) for k, v in fields.raw]
+    # :authority is the Host field when there is one (httpx always sets it), else the URL's
+    authority = b"" if raw and raw[0][1] == b"host" and raw[0][2] else url.netloc
     headers: Headers = [(b":method", request.method.encode("latin-1")),
                         (b":scheme", b"https" if url.raw_scheme == b"https" else b"http"),
                         (b":authority", authority), (b":path", url.raw_path)]
