@@ -394,3 +394,247 @@ def test_a_busy_server_connection_agrees_with_h2() -> None:
 
 _OK = [(b":status", b"200"), (b"content-type", b"application/octet-stream"),
        (b"content-length", b"16")]
+
+
+# ------------------------------------------------------------------------------ streams
+
+
+def _connection(settings: dict[int, int] | None = None) -> Any:
+    core = H2Core(client=True, settings=settings)
+    core.start(0.0)
+    return core._conn
+
+
+def test_a_stream_built_the_fast_way_is_the_one_h2_builds() -> None:
+    assert core_module._streams_match_h2()
+    # with settings that differ from the defaults, both ways, and after they changed
+    conn = _connection({0x4: 1 << 20})
+    conn.remote_settings[0x4] = 12345
+    conn.remote_settings.acknowledge()
+    conn.max_outbound_frame_size = 20000
+    for sid in (1, 3):
+        fast = conn._fresh_stream(sid, outbound=True)
+        slow = core_module.h2.stream.H2Stream(sid + 100, conn.config, 1 << 20, 12345)
+        slow.max_outbound_frame_size = 20000
+        slow.__class__ = core_module._Stream
+        slow.stream_id = slow.state_machine.stream_id = sid
+        assert core_module._layout(fast) == core_module._layout(slow)
+        assert fast.inbound_flow_control_window == 1 << 20
+        assert fast.outbound_flow_control_window == 12345
+        assert conn.streams[sid] is fast and conn.highest_outbound_stream_id == sid
+    conn.remote_settings[0x4] = 777  # a new value is in force only once acknowledged
+    assert conn._fresh_stream(5, outbound=True).outbound_flow_control_window == 12345
+    conn.remote_settings.acknowledge()
+    assert conn._fresh_stream(7, outbound=True).outbound_flow_control_window == 777
+
+
+def test_another_stream_layout_turns_the_fast_paths_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import h2.stream
+
+    init = h2.stream.H2StreamStateMachine.__init__
+
+    def more(self: Any, stream_id: int) -> None:
+        init(self, stream_id)
+        self.something_new = None
+
+    monkeypatch.setattr(h2.stream.H2StreamStateMachine, "__init__", more)
+    assert not core_module._streams_match_h2()
+    assert not core_module._fast_paths_match_h2()
+
+
+def test_another_config_layout_turns_the_fast_paths_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import h2.config
+
+    option = h2.config._BooleanConfigOption("validate_inbound_headers")
+    option.attr_name = "_kept_elsewhere"  # the value is no longer where the core reads it
+    monkeypatch.setattr(h2.config.H2Configuration, "validate_inbound_headers", option,
+                        raising=False)
+    assert not core_module._fast_paths_match_h2()
+
+
+_STATES = list(core_module.StreamState)
+_CLOSERS = [None, *core_module.h2.stream.StreamClosedBy]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_STATES), st.sampled_from(_CLOSERS)), max_size=40),
+       st.integers(0, 1))
+def test_the_sweep_forgets_what_h2_forgets(streams: list[Any], remainder: int) -> None:
+    """The core's walk over the streams (``_open_streams``, ``_forget_closed``) against h2's
+    own: the same count, the same streams forgotten, recorded in the same order."""
+    conns = [_connection() for _ in range(3)]
+    for conn in conns:
+        conn._closed_streams[999] = None  # one recorded before
+        for i, (state, closer) in enumerate(streams):
+            stream = core_module._new_stream(i + 1, conn.config, 65535, 65535, 16384)
+            stream.state_machine.state = state
+            stream.state_machine.stream_closed_by = closer
+            conn.streams[i + 1] = stream
+
+    def seen(conn: Any) -> Any:
+        return list(conn.streams), list(conn._closed_streams.items())
+
+    ours, h2s, forgetting = conns
+    assert ours._open_streams(remainder) == \
+        core_module.h2.connection.H2Connection._open_streams(h2s, remainder)
+    forgetting._forget_closed()
+    assert seen(ours) == seen(h2s) == seen(forgetting)
+
+
+def test_the_sweep_runs_every_few_new_streams_both_ways() -> None:
+    """A client opening many streams that close: h2's count with the fast paths off, the
+    core's walk with them on, and h2 ends up holding and remembering the same streams."""
+    twins = Twins(client=True)
+    twins.receive(frame(0x4, 0, 0))
+    encoder = hpack.Encoder()
+    for sid in range(1, 400, 2):
+        fields = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                  (b":authority", b"x")]
+        assert twins.run(lambda core, sid=sid, fields=fields:
+                         core.send_headers(sid, fields, end_stream=True))
+        block = bytes(encoder.encode([(":status", "200"), ("content-length", "4")]))
+        twins.receive(frame(0x1, 0x4, sid, block) + frame(0x0, 0x1, sid, b"abcd"))
+    conn = twins.cores[True]._conn
+    assert len(conn.streams) <= 32 and len(conn._closed_streams) == 200 - len(conn.streams)
+
+
+# ------------------------------------------------------------------------------ windows
+
+
+@pytest.mark.parametrize("auto_ack", [True, False])
+def test_acknowledging_closed_streams_updates_the_connection_window_as_h2_does(
+        auto_ack: bool) -> None:
+    """Bodies handed back as their streams close: h2's WINDOW_UPDATE every half window."""
+    twins = Twins(client=True)
+    for core in twins.cores.values():
+        core.auto_ack = auto_ack
+    twins.receive(frame(0x4, 0, 0))
+    encoder = hpack.Encoder()
+    updates = 0
+    for sid in range(1, 40, 2):
+        fields = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                  (b":authority", b"x")]
+        twins.run(lambda core, sid=sid, fields=fields:
+                  core.send_headers(sid, fields, end_stream=True))
+        block = bytes(encoder.encode([(":status", "200")]))
+        data = (frame(0x1, 0x4, sid, block) + frame(0x0, 0x0, sid, b"a" * 5000)
+                + frame(0x0, 0x1, sid, b"b" * 3000))
+        sent = twins.run(lambda core, data=data: (core.receive(data, 1.0),
+                                                  core.data_to_send())[1])
+        updates += sent.count(bytes([0, 0, 4, 0x8, 0, 0, 0, 0, 0]))
+    assert updates >= 3
+
+
+# ------------------------------------------------------------------------------ chunks
+
+
+def _client_script() -> tuple[Twins, list[bytes]]:
+    """A client with requests in flight, and the frames that answer them."""
+    twins = Twins(client=True)
+    encoder = hpack.Encoder()
+    wire = [frame(0x4, 0, 0)]
+    for i, sid in enumerate(range(1, 24, 2)):
+        method = b"HEAD" if i % 5 == 4 else b"GET"
+        fields = [(b":method", method), (b":path", b"/"), (b":scheme", b"http"),
+                  (b":authority", b"x")]
+        twins.run(lambda core, sid=sid, fields=fields:
+                  core.send_headers(sid, fields, end_stream=True))
+        block = bytes(encoder.encode([(":status", "200"), ("server", "nginx"),
+                                      ("content-length", "16")]))
+        wire.append(frame(0x1, 0x4, sid, block))
+        if i % 3 == 1:
+            wire.append(frame(0x8, 0, 0, struct.pack(">I", 1000)))
+        if i % 4 == 2:
+            wire.append(frame(0x6, 0, 0, b"12345678"))
+        if method == b"GET":
+            wire += [frame(0x0, 0, sid, b"x" * 10), frame(0x0, 0x1, sid, b"y" * 6)]
+    return twins, wire
+
+
+@DIFF
+@given(st.lists(st.integers(1, 60), max_size=40))
+def test_chunks_cut_anywhere_agree_with_h2(sizes: list[int]) -> None:
+    """Frames split across reads: the fast paths read whole frames straight from a read, or
+    from h2's buffer once part of a frame waited there."""
+    twins, frames = _client_script()
+    wire = b"".join(frames)
+    pos = 0
+    for size in sizes:
+        if pos >= len(wire):
+            break
+        twins.receive(wire[pos:pos + size])
+        pos += size
+    if pos < len(wire):
+        twins.receive(wire[pos:])
+
+
+@pytest.mark.parametrize("bad", [
+    frame(0x8, 0, 0, struct.pack(">I", 2**31 - 1)),  # the window overflows: h2 decides
+    frame(0x1, 0x4, 23, b"\x80"),  # HPACK index 0 on an open stream: the fast path decides
+    frame(0x0, 0x1, 23, b"z" * 70000)[:9] + b"z" * 16384,  # above the frame size limit
+])
+def test_a_connection_error_mid_read_leaves_the_same_bytes_buffered(bad: bytes) -> None:
+    twins, frames = _client_script()
+    twins.receive(frames[0])  # SETTINGS: then nothing is buffered, and the next read starts
+    events = twins.receive(b"".join(frames[1:9]) + bad + b"".join(frames[9:]))  # whole frames
+    assert type(events[-1]).__name__ == "ConnectionFailed"
+
+
+# ------------------------------------------------------------------------------ memos
+
+
+def test_the_content_length_memo_keeps_head_and_get_apart() -> None:
+    """The same response block answers a HEAD (no body: h2 does not parse content-length)
+    and a GET (a body of that length), in either order."""
+    twins = Twins(client=True)
+    twins.receive(frame(0x4, 0, 0))
+    encoder = hpack.Encoder()
+    core_module._CHECKED.clear()
+    for i, method in enumerate([b"HEAD", b"GET", b"HEAD", b"GET", b"GET"]):
+        sid = 2 * i + 1
+        fields = [(b":method", method), (b":path", b"/"), (b":scheme", b"http"),
+                  (b":authority", b"x")]
+        twins.run(lambda core, sid=sid, fields=fields:
+                  core.send_headers(sid, fields, end_stream=True))
+        block = bytes(encoder.encode([(":status", "200"), ("content-length", "5")]))
+        body = b"abcde" if i != 4 else b"abc"  # the last one short: a stream error
+        events = twins.receive(frame(0x1, 0x4, sid, block) + frame(0x0, 0x1, sid, body))
+        kinds = [type(ev).__name__ for ev in events]
+        if method == b"HEAD" or i == 4:
+            assert "StreamReset" in kinds
+        else:
+            assert kinds[-1] == "StreamEnded"
+    assert core_module._CHECKED  # served from the memo
+
+
+def test_a_bad_content_length_is_refused_every_time() -> None:
+    twins = Twins(client=True)
+    twins.receive(frame(0x4, 0, 0))
+    encoder = hpack.Encoder()
+    for sid in (1, 3, 5):
+        fields = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                  (b":authority", b"x")]
+        twins.run(lambda core, sid=sid, fields=fields:
+                  core.send_headers(sid, fields, end_stream=True))
+        block = bytes(encoder.encode([(":status", "200"), ("content-length", "x")]))
+        events = twins.receive(frame(0x1, 0x4, sid, block))
+        assert [type(ev).__name__ for ev in events] == ["StreamReset"]
+
+
+def test_a_big_response_block_is_checked_every_time_and_not_remembered() -> None:
+    twins = Twins(client=True)
+    twins.receive(frame(0x4, 0, 0))
+    encoder = hpack.Encoder()
+    core_module._CHECKED.clear()
+    for sid, value in ((1, "v" * 3000), (3, "v" * 3000), (5, "V" * 3000)):
+        fields = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                  (b":authority", b"x")]
+        twins.run(lambda core, sid=sid, fields=fields:
+                  core.send_headers(sid, fields, end_stream=True))
+        block = bytes(encoder.encode([(":status", "200"), ("x-big", value),
+                                      ("content-length", "1")]))
+        events = twins.receive(frame(0x1, 0x4, sid, block) + frame(0x0, 0x1, sid, b"a"))
+        names = [type(ev).__name__ for ev in events]
+        assert names == ["ResponseReceived", "DataReceived", "StreamEnded"]
+        assert events[0].headers[1] == (b"x-big", value.encode())
+    assert not core_module._CHECKED

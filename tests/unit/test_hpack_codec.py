@@ -190,3 +190,51 @@ def test_encoder_signals_the_smallest_table_size_then_the_current_one() -> None:
     dec.max_allowed_table_size = 100
     assert dec.decode(block, raw=True) == [(b"x-a", b"1")]
     assert dec.header_table_size == 100
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """A literal field with incremental indexing and a new name, no Huffman (both < 127)."""
+    return b"\x40" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def _size_update(size: int) -> bytes:
+    out = bytearray([0x20 | min(size, 31)])
+    if size >= 31:
+        size -= 31
+        while size >= 0x80:
+            out.append((size & 0x7F) | 0x80)
+            size >>= 7
+        out.append(size)
+    return bytes(out) + b"\x82"  # and one field (:method GET), so the block is not empty
+
+
+_REPLAYED = [
+    _literal(b"x-a", b"1" * 100) + _literal(b"x-b", b"2" * 50) + b"\x88",
+    _literal(b"x-c", b"3" * 120),
+    _literal(b"x-d", b"4" * 10) + _literal(b"x-e", b"5" * 10) + _literal(b"x-f", b"6" * 10)
+    + _literal(b"x-g", b"7" * 10),
+    _literal(b"x-big", b"v" * 120) + _literal(b"x-h", b"8"),  # above a small table: empties it
+]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.sampled_from(_REPLAYED),
+                          st.sampled_from([0, 40, 64, 150, 170, 400, 4096]).map(_size_update)),
+                min_size=1, max_size=30))
+def test_replayed_table_entries_evict_as_hpack_does(blocks: list[bytes]) -> None:
+    """A remembered block adds its entries to the table again on every hit, evicting the
+    oldest (or emptying the table for an entry above its size) exactly as decoding it anew."""
+    _both(blocks)
+
+
+def test_a_remembered_block_replays_its_entries_with_eviction() -> None:
+    fast, ref = FastDecoder(), hpack.Decoder()
+    sequence = [_size_update(200), *(_REPLAYED * 3), _size_update(150), *_REPLAYED,
+                _size_update(4096), *(_REPLAYED * 2)]
+    hits = 0
+    for block in sequence:
+        hits += block in fast._blocks
+        assert _plain(fast.decode(block, raw=True)) == _plain(ref.decode(block, raw=True))
+        assert list(fast._dynamic) == [tuple(e) for e in ref.header_table.dynamic_entries]
+        assert fast._size == ref.header_table._current_size
+    assert hits == len(sequence) - 3 - len(_REPLAYED)  # all but the first of each block

@@ -44,6 +44,7 @@ It wraps ``h2.connection.H2Connection`` and fixes what h2 does not do:
 
 from __future__ import annotations
 
+import collections
 import inspect
 import struct
 from collections.abc import Iterable, Mapping
@@ -57,6 +58,7 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 import h2.utilities
+import h2.windows
 import hpack.exceptions
 import hyperframe.frame
 from h2.connection import ConnectionInputs, ConnectionState
@@ -93,6 +95,7 @@ __all__ = ["MAX_STREAM_ID", "PREFACE", "H2Core", "frame_header", "goaway_frame"]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_STREAM_ID = 2**31 - 1
 _MCS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+_IWS = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
 _GOAWAY_TYPE = 0x7
 _PingFrame = hyperframe.frame.PingFrame
 _H2RequestReceived = h2.events.RequestReceived
@@ -142,6 +145,7 @@ _RESPONSE_FLAGS = h2.utilities.HeaderValidationFlags(
     is_client=True, is_trailer=False, is_response_header=True, is_push_promise=False)
 _FRAME_HEAD = struct.Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream
 _MAX_WINDOW = 2**31 - 1
+_WINDOW_UPDATE_0 = _FRAME_HEAD.pack(0, 4, 0x8, 0, 0)  # the header of a connection's WINDOW_UPDATE
 _decode_headers = h2.connection._decode_headers
 
 
@@ -153,8 +157,10 @@ def _fast_paths_match_h2() -> bool:
     changes of h2's state machines itself instead of walking h2's general path: the same
     transitions, the same window arithmetic, the same checks (h2's own functions for content
     length, header validation and HPACK errors), in the same order. This checks that h2's
-    tables hold exactly those transitions and that the attributes exist; if not (another h2
-    version), h2 does all the work, as it did before the fast paths."""
+    tables hold exactly those transitions and that the attributes exist, and (with
+    :func:`_streams_match_h2`) that a stream built without h2's ``__init__`` is the one h2
+    builds; if not (another h2 version), h2 does all the work, as it did before the fast
+    paths."""
     m = h2.stream.H2StreamStateMachine
     stream_table = h2.stream._transitions
     expected: dict[tuple[Any, Any], tuple[Any, Any]] = {
@@ -201,10 +207,8 @@ def _fast_paths_match_h2() -> bool:
                 "stream_id", "config", "inbound_window_size", "outbound_window_size"]
             and type(conn._data_to_send) is bytearray
             and type(buffer._data) is bytearray and type(buffer._headers_buffer) is list
-            and hasattr(buffer, "max_frame_size"))
-
-
-_FAST = _fast_paths_match_h2()
+            and hasattr(buffer, "max_frame_size") and type(buffer._preamble_len) is int
+            and _streams_match_h2())
 
 
 class _UnenforcedLimit(h2.settings.Settings):
@@ -249,20 +253,12 @@ class _Stream(h2.stream.H2Stream):
 
     def _process_received_headers(self, headers: Any, header_validation_flags: Any,
                                   header_encoding: Any) -> list[Any]:
-        if header_encoding is not None or not isinstance(headers, list):
+        if header_encoding is not None or not _memoisable(headers):
             return super()._process_received_headers(headers, header_validation_flags,
                                                      header_encoding)
-        size = 0
-        for field in headers:
-            if type(field) is not tuple:
-                return super()._process_received_headers(headers, header_validation_flags,
-                                                         header_encoding)
-            size += len(field[0]) + len(field[1])
-        if size > _VALIDATED_MAX_BLOCK:  # bounded memory: big blocks are rare, not memoised
-            return super()._process_received_headers(headers, header_validation_flags,
-                                                     header_encoding)
-        key = (header_validation_flags, self.config.validate_inbound_headers,
-               self.config.normalize_inbound_headers, *headers)
+        config = self.config
+        key = (header_validation_flags, config.validate_inbound_headers,
+               config.normalize_inbound_headers, *headers)
         memo = _Stream._validated
         done = memo.get(key)
         if done is None:
@@ -272,6 +268,143 @@ class _Stream(h2.stream.H2Stream):
                 memo.clear()
             memo[key] = done
         return list(done)
+
+
+def _memoisable(headers: Any) -> bool:
+    """Whether a received header block may be looked up in the validation memos: a list of
+    plain tuples (a never-indexed field keeps its own type, but compares equal to a plain
+    tuple), not too big (bounded memory: big blocks are rare)."""
+    if not isinstance(headers, list):
+        return False
+    size = 0
+    for field in headers:
+        if type(field) is not tuple:
+            return False
+        size += len(field[0]) + len(field[1])
+    return size <= _VALIDATED_MAX_BLOCK
+
+
+_CHECKED: dict[tuple[object, ...], tuple[list[Any], int | None]] = {}
+
+
+def _checked_headers(stream: h2.stream.H2Stream, headers: Any,
+                     header_validation_flags: Any) -> list[Any]:
+    """``_initialize_content_length`` then ``_process_received_headers``, as h2's
+    ``receive_headers`` calls them (for the fast paths' request and response HEADERS). A
+    block that passed both before takes both results from a memo: each is a pure function of
+    the fields, the flags and the config, and the content length also of whether the request
+    was HEAD (then h2 sets 0 without parsing it). Raises what h2 raises."""
+    plain = isinstance(headers, list)
+    if plain:
+        for field in headers:
+            if type(field) is not tuple:  # see _memoisable; its size bound only on a miss
+                plain = False
+                break
+    if not plain:
+        stream._initialize_content_length(headers)
+        return stream._process_received_headers(headers, header_validation_flags, None)
+    config = stream.config
+    if _FAST:  # the options' own attributes (see _fast_paths_match_h2), not the descriptors
+        key = (header_validation_flags, config._validate_inbound_headers,  # type: ignore[attr-defined]
+               config._normalize_inbound_headers,  # type: ignore[attr-defined]
+               stream.request_method == b"HEAD", *headers)
+    else:
+        key = (header_validation_flags, config.validate_inbound_headers,
+               config.normalize_inbound_headers, stream.request_method == b"HEAD", *headers)
+    done = _CHECKED.get(key)
+    if done is None:
+        stream._initialize_content_length(headers)  # raises for a bad one: not remembered
+        validated = h2.stream.H2Stream._process_received_headers(
+            stream, headers, header_validation_flags, None)
+        if not _memoisable(headers):
+            return validated
+        done = (validated, stream._expected_content_length)
+        if len(_CHECKED) >= _VALIDATED_MAX:
+            _CHECKED.clear()
+        _CHECKED[key] = done
+    else:
+        stream._expected_content_length = done[1]
+    return list(done[0])
+
+
+_CONFIG_READ = ("client_side", "validate_inbound_headers", "normalize_inbound_headers")
+_new = object.__new__
+_StateMachine = h2.stream.H2StreamStateMachine
+_WindowManager = h2.windows.WindowManager
+_LARGEST_WINDOW = h2.windows.LARGEST_FLOW_CONTROL_WINDOW
+
+
+def _new_stream(stream_id: int, config: Any, inbound_window: int, outbound_window: int,
+                max_frame_size: int | None) -> _Stream:
+    """What ``_Stream(stream_id, config, inbound_window, outbound_window)`` and then setting
+    its ``max_outbound_frame_size`` make, without the three ``__init__`` calls (h2's stream,
+    its state machine, its window manager): a good part of opening a stream, on every
+    request. The same attributes with the same values, set in the same order;
+    :func:`_fast_paths_match_h2` checks that against h2's ``__init__`` at import."""
+    machine = _new(_StateMachine)
+    machine.state = _IDLE
+    machine.stream_id = stream_id
+    machine.client = None
+    machine.headers_sent = None
+    machine.trailers_sent = None
+    machine.headers_received = None
+    machine.trailers_received = None
+    machine.stream_closed_by = None
+    assert inbound_window <= _LARGEST_WINDOW  # as WindowManager.__init__ asserts
+    window = _new(_WindowManager)
+    window.max_window_size = inbound_window
+    window.current_window_size = inbound_window
+    window._bytes_processed = 0
+    stream = _new(_Stream)
+    stream.state_machine = machine
+    stream.stream_id = stream_id
+    stream.max_outbound_frame_size = max_frame_size
+    stream.request_method = None
+    stream.outbound_flow_control_window = outbound_window
+    stream._inbound_window_manager = window
+    stream._expected_content_length = None
+    stream._actual_content_length = 0
+    stream._authority = None
+    stream.config = config
+    return stream
+
+
+def _layout(stream: h2.stream.H2Stream) -> list[Any]:
+    """A stream's attributes, with those of its state machine and window manager: what
+    :func:`_new_stream` must reproduce exactly."""
+    own = [(k, v) for k, v in vars(stream).items()
+           if k not in ("state_machine", "_inbound_window_manager")]
+    machine, window = stream.state_machine, stream._inbound_window_manager
+    return [type(stream), list(vars(stream)), own, type(machine), list(vars(machine).items()),
+            type(window), list(vars(window).items())]
+
+
+def _streams_match_h2() -> bool:
+    """Whether :func:`_new_stream` still builds what h2's ``__init__`` builds, and the
+    settings still keep their values where :meth:`_Connection._fresh_stream` reads them."""
+    options = h2.config.H2Configuration.__dict__
+    if not all(getattr(options.get(name), "attr_name", None) == "_" + name
+               for name in _CONFIG_READ):  # what _checked_headers and send_headers read
+        return False
+    config = h2.config.H2Configuration(client_side=True)
+    made = _Stream(7, config=config, inbound_window_size=1000, outbound_window_size=2000)
+    made.max_outbound_frame_size = 16384
+    if _layout(made) != _layout(_new_stream(7, config, 1000, 2000, 16384)):
+        return False
+    open_states = (_OPEN, _HALF_LOCAL, _HALF_REMOTE)
+    for state in StreamState:  # what _Connection._open_streams reads instead of h2's properties
+        made.state_machine.state = state
+        made.state_machine.stream_closed_by = _RECV_END
+        if (made.open, made.closed, made.closed_by) != (
+                state in open_states, state is _CLOSED, _RECV_END):
+            return False
+    settings = h2.settings.Settings(client=True, initial_values={_IWS: 1234})
+    store = getattr(settings, "_settings", None)
+    return (type(store) is dict and type(store.get(_IWS)) is collections.deque
+            and store[_IWS][0] == settings.initial_window_size == 1234)
+
+
+_FAST = _fast_paths_match_h2()
 
 
 class _Malformed(h2.exceptions.ProtocolError):
@@ -321,6 +454,48 @@ class _Connection(h2.connection.H2Connection):
             return True
         return False
 
+    def _sweep(self) -> None:
+        """The periodic sweep where only its side effect matters (the core's own paths, which
+        ignore the count): what reading ``open_outbound_streams`` or ``open_inbound_streams``
+        does, without counting."""
+        self._h2guard_new += 1
+        if self._h2guard_new >= self._SWEEP:
+            self._h2guard_new = 0
+            if _FAST:
+                self._forget_closed()
+            else:
+                super()._open_streams(0)
+
+    def _forget_closed(self) -> None:
+        """h2's ``_open_streams`` minus the count: forget the closed streams, in the order it
+        forgets them, recording how each closed."""
+        streams = self.streams
+        gone = [sid for sid, stream in streams.items() if stream.state_machine.state is _CLOSED]
+        record = self._closed_streams
+        for sid in gone:
+            record[sid] = streams.pop(sid).state_machine.stream_closed_by
+
+    def _open_streams(self, remainder: int) -> int:
+        # h2's walk, with each stream's state read once instead of through two properties
+        # (``open`` and ``closed``); the same count, the same streams forgotten in the same
+        # order (h2's own paths still read the count: TooManyStreamsError)
+        if not _FAST:
+            return super()._open_streams(remainder)
+        count = 0
+        gone = []
+        for sid, stream in self.streams.items():
+            state = stream.state_machine.state
+            if state is _CLOSED:
+                gone.append(sid)
+            elif (state is _OPEN or state is _HALF_LOCAL or state is _HALF_REMOTE) \
+                    and sid % 2 == remainder:
+                count += 1
+        streams = self.streams
+        record = self._closed_streams
+        for sid in gone:
+            record[sid] = streams.pop(sid).state_machine.stream_closed_by
+        return count
+
     @property
     def open_inbound_streams(self) -> int:
         # compared with the unenforced limit only (see _UnenforcedLimit)
@@ -334,17 +509,33 @@ class _Connection(h2.connection.H2Connection):
 
     def _fresh_stream(self, stream_id: int, *, outbound: bool) -> _Stream:
         """h2's ``_begin_new_stream`` for an id the caller checked (odd, above every stream
-        opened that way before), minus its debug logging."""
-        stream = _Stream(stream_id, config=self.config,
-                         inbound_window_size=self.local_settings.initial_window_size,
-                         outbound_window_size=self.remote_settings.initial_window_size)
-        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        opened that way before), minus its debug logging, with the stream built by
+        :func:`_new_stream` and the two INITIAL_WINDOW_SIZE settings read as h2's
+        ``Settings.__getitem__`` reads them, without its property and method calls."""
+        inbound_window = self.local_settings._settings[_IWS][0]
+        outbound_window = self.remote_settings._settings[_IWS][0]
+        if inbound_window is None or outbound_window is None:  # pragma: no cover - h2 raises
+            inbound_window = self.local_settings.initial_window_size
+            outbound_window = self.remote_settings.initial_window_size
+        stream = _new_stream(stream_id, self.config, inbound_window, outbound_window,
+                             self.max_outbound_frame_size)
         self.streams[stream_id] = stream
         if outbound:
             self.highest_outbound_stream_id = stream_id
         else:
             self.highest_inbound_stream_id = stream_id
         return stream
+
+    def get_next_available_stream_id(self) -> int:
+        # h2's, minus its debug logging (the core's config has no logger)
+        highest = self.highest_outbound_stream_id
+        if highest:
+            next_id: int = highest + 2
+        else:
+            next_id = 1 if self.config.client_side else 2
+        if next_id > self.HIGHEST_ALLOWED_STREAM_ID:
+            raise h2.exceptions.NoAvailableStreamIDError("Exhausted allowed stream IDs")
+        return next_id
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> h2.stream.H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
@@ -383,14 +574,15 @@ class _Connection(h2.connection.H2Connection):
         # validation flags and frame objects: work that is a no-op for request HEADERS of
         # bytes (the transport builds them). The state changes are h2's own: the connection
         # and stream state machines take the same inputs. Anything else goes to h2.
-        if (not self.config.client_side or stream_id in self.streams
+        client = self.config._client_side if _FAST else self.config.client_side  # type: ignore[attr-defined]
+        if (not client or stream_id in self.streams
                 or priority_weight is not None or priority_depends_on is not None
                 or priority_exclusive is not None):
             super().send_headers(stream_id, headers, end_stream, priority_weight,
                                  priority_depends_on, priority_exclusive)
             return
-        self.open_outbound_streams  # noqa: B018 - its side effect: the periodic sweep of closed streams
         if not _FAST:
+            self._sweep()  # what h2's open_outbound_streams check does besides counting
             self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
             stream = self._begin_new_stream(stream_id, h2.connection.AllowedStreamIDs.ODD)
             machine = stream.state_machine
@@ -399,6 +591,10 @@ class _Connection(h2.connection.H2Connection):
             if end_stream:
                 machine.process_input(StreamInputs.SEND_END_STREAM)
         else:  # the same transitions, made here (see _fast_paths_match_h2)
+            self._h2guard_new += 1  # _sweep, written out
+            if self._h2guard_new >= self._SWEEP:
+                self._h2guard_new = 0
+                self._forget_closed()
             if self.state_machine.state is not ConnectionState.CLIENT_OPEN:
                 self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
             if stream_id & 1 and stream_id > self.highest_outbound_stream_id:
@@ -419,7 +615,14 @@ class _Connection(h2.connection.H2Connection):
                 stream.request_method = value
             elif name[:1] != b":":
                 break
-        self._write_headers(stream_id, block, end_stream)
+        size = len(block)
+        if size <= self.max_outbound_frame_size:  # _write_headers' common case
+            out = self._data_to_send
+            out += _FRAME_HEAD.pack(size >> 16, size & 0xFFFF, 0x1, 0x5 if end_stream else 0x4,
+                                    stream_id)
+            out += block
+        else:
+            self._write_headers(stream_id, block, end_stream)
 
     def _write_headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         """Queue a header block as HEADERS (and CONTINUATION) frames, as h2 frames it."""
@@ -448,7 +651,7 @@ class _Connection(h2.connection.H2Connection):
         response) goes through h2's stream as usual: ``(0, h2 events)``. Raises what h2
         raises, malformed messages as :class:`_Malformed`."""
         if stream is None:
-            self.open_inbound_streams  # noqa: B018 - its side effect: the periodic sweep
+            self._sweep()  # what h2's open_inbound_streams check does besides counting
         headers = _decode_headers(self.decoder, block)
         if stream is None:
             stream = self._fresh_stream(stream_id, outbound=False)
@@ -477,8 +680,7 @@ class _Connection(h2.connection.H2Connection):
                 machine.state = _CLOSED
                 machine.stream_closed_by = _RECV_END
         try:
-            stream._initialize_content_length(headers)
-            validated: list[Any] = stream._process_received_headers(headers, flags, None)
+            validated = _checked_headers(stream, headers, flags)
         except h2.exceptions.ProtocolError as exc:
             raise _malformed(stream_id, exc) from exc
         if end_stream and stream._expected_content_length:
@@ -700,27 +902,34 @@ class H2Core:
         events: list[Event] = []
         conn = self._conn
         frames = conn.incoming_buffer
+        frames.max_frame_size = conn.max_inbound_frame_size
+        if _FAST and not frames._data and not frames._preamble_len \
+                and not frames._headers_buffer and not self._awaiting_settings:
+            # Nothing buffered (a client's every read, nearly): the common frames are read
+            # straight from ``data``, and only what they leave goes into h2's buffer.
+            done = self._fast_frames(data, events, now)
+            if done:
+                if done == len(data):
+                    return events
+                data = data[done:]
+                if self.closed:
+                    frames.add_data(data)  # what h2's buffer would hold
+                    return events
         try:
             frames.add_data(data)
         except h2.exceptions.ProtocolError as exc:  # a bad preface: h2 queues no GOAWAY here
             self._terminate(_PROTOCOL_ERROR, exc, events)
             return events
-        frames.max_frame_size = conn.max_inbound_frame_size
         handle = conn._receive_frame
         translate = self._translate
-        fast = self._fast_frame if _FAST else None
         while True:
-            buf = frames._data  # (some h2 versions replace it when they consume a frame)
-            if fast is not None and len(buf) >= 9 and not frames._headers_buffer \
-                    and not self._awaiting_settings:
-                hi, lo, ftype, flags, sid = _FRAME_HEAD.unpack_from(buf)
-                length = (hi << 16) | lo
-                if (ftype <= 0x1 or ftype == 0x8) and len(buf) >= 9 + length \
-                        and length <= frames.max_frame_size \
-                        and fast(buf, ftype, flags, sid & MAX_STREAM_ID, length, events, now):
+            if _FAST and not frames._headers_buffer and not self._awaiting_settings:
+                buf = frames._data  # (some h2 versions replace it when they consume a frame)
+                done = self._fast_frames(buf, events, now)
+                if done:
+                    del buf[:done]  # once for every frame taken (not one memmove each)
                     if self.closed:
                         return events
-                    continue
             try:
                 frame = next(frames)
             except StopIteration:
@@ -784,110 +993,159 @@ class H2Core:
                     f"{frames.max_frame_size}"), events)
         return events
 
-    def _fast_frame(self, buf: bytearray, ftype: int, flags: int, sid: int, length: int,
-                    events: list[Event], now: float) -> bool:
-        """The common frames, whole in ``buf``, handled without h2's frame objects and
-        general dispatch (see :func:`_fast_paths_match_h2`): DATA on an open stream, HEADERS
-        that open a request or answer one, WINDOW_UPDATE on the connection or an open
-        stream. Returns False, having consumed nothing, for anything else: h2 parses it."""
+    def _fast_frames(self, buf: bytes | bytearray, events: list[Event], now: float) -> int:
+        """The common frames at the head of ``buf``, each whole, handled without h2's frame
+        objects and general dispatch (see :func:`_fast_paths_match_h2`): DATA on an open
+        stream, HEADERS that open a request or answer one, WINDOW_UPDATE on the connection
+        or an open stream. Stops at the first frame that is anything else (h2 parses that
+        one: nothing of it was consumed), or when the connection ended; returns how many
+        bytes the frames it handled took. The core's own handling of DATA and of a response
+        (``_data``, ``_response``) is written out here: this runs for nearly every frame."""
         conn = self._conn
-        if conn.state_machine.state not in _OPEN_CONNECTION:
-            return False
-        if ftype == 0x0:  # DATA
-            if flags & 0x8 or not sid:
-                return False
-            stream = conn.streams.get(sid)
-            if stream is None:
-                return False
-            machine = stream.state_machine
-            state = machine.state
-            if (state is not _OPEN and state is not _HALF_LOCAL) \
-                    or not machine.headers_received:
-                return False
-            data = bytes(buf[9:9 + length])
-            del buf[:9 + length]
-            self.last_frame_at = self.last_nonping_at = now
-            end = bool(flags & 0x1)
-            if not length and not end:
-                self.control_frames += 1
-            try:  # _receive_data_frame and receive_data, in their order
-                conn._inbound_flow_control_window_manager.window_consumed(length)
-                stream._inbound_window_manager.window_consumed(length)
-                stream._track_content_length(length, end)
-            except Exception as exc:
-                frame = _DataFrame(sid, data)
-                if end:
-                    frame.flags.add("END_STREAM")
-                if not self._stream_error(frame, exc, events):
-                    self._terminate(self._code_for(exc), exc, events)
-                return True
-            if end:
-                if state is _OPEN:  # stream_half_closed
-                    machine.state = _HALF_REMOTE
-                else:  # stream_ended
-                    machine.state = _CLOSED
-                    machine.stream_closed_by = _RECV_END
-            self._data(sid, data, length, end, events)
-            return True
-        if ftype == 0x1:  # HEADERS
-            if flags & 0x28 or not flags & 0x4 or not sid:  # PADDED, PRIORITY; END_HEADERS
-                return False
-            stream = None
-            if self.client:
-                stream = conn.streams.get(sid)
+        conn_machine = conn.state_machine
+        h2_streams = conn.streams
+        streams = self._streams
+        withheld = self._withheld
+        limit = conn.incoming_buffer.max_frame_size
+        client = self.client
+        unpack = _FRAME_HEAD.unpack_from
+        size = len(buf)
+        pos = 0
+        while size - pos >= 9 and not self.closed and conn_machine.state in _OPEN_CONNECTION:
+            hi, lo, ftype, flags, sid = unpack(buf, pos)
+            length = (hi << 16) | lo
+            start = pos + 9
+            stop = start + length
+            if stop > size or length > limit:
+                break
+            sid &= MAX_STREAM_ID
+            if ftype == 0x0:  # DATA
+                if flags & 0x8 or not sid:
+                    break
+                stream = h2_streams.get(sid)
                 if stream is None:
-                    return False
-                state = stream.state_machine.state
-                if state is not _OPEN and state is not _HALF_LOCAL:
-                    return False
-            elif not sid & 1 or sid <= conn.highest_inbound_stream_id:
-                return False
-            block = bytes(buf[9:9 + length])
-            del buf[:9 + length]
-            self.last_frame_at = self.last_nonping_at = now
-            end = bool(flags & 0x1)
-            try:
-                kind, result = conn.fast_headers(sid, block, end, stream)
-            except _Malformed as exc:
-                self._reject(exc.stream_id, str(exc), events)
-                return True
-            except Exception as exc:
-                self._terminate(self._code_for(exc), exc, events)
-                return True
-            if kind == 1:
-                self._request(sid, result, end, events)
-            elif kind == 2:
-                self._response(sid, result, end, events)
-            elif result:
-                self._translate(result, events, now)
-            return True
-        # WINDOW_UPDATE
-        if length != 4 or buf[9] & 0x80:
-            return False
-        increment = int.from_bytes(buf[9:13], "big")
-        if not increment:
-            return False
-        if sid:
-            stream = conn.streams.get(sid)
-            if stream is None:
-                return False
-            state = stream.state_machine.state
-            if state is not _OPEN and state is not _HALF_LOCAL and state is not _HALF_REMOTE:
-                return False
-            window = stream.outbound_flow_control_window + increment
-            if window > _MAX_WINDOW:
-                return False  # h2 resets the stream
-            stream.outbound_flow_control_window = window
-        else:
-            window = conn.outbound_flow_control_window + increment
-            if window > _MAX_WINDOW:
-                return False  # h2 ends the connection
-            conn.outbound_flow_control_window = window
-        del buf[:13]
-        self.last_frame_at = self.last_nonping_at = now
-        self.control_frames += 1
-        events.append(WindowUpdated(sid, increment))
-        return True
+                    break
+                machine = stream.state_machine
+                state = machine.state
+                if (state is not _OPEN and state is not _HALF_LOCAL) \
+                        or not machine.headers_received:
+                    break
+                data = bytes(buf[start:stop])
+                pos = stop
+                self.last_frame_at = self.last_nonping_at = now
+                end = bool(flags & 0x1)
+                if not length and not end:
+                    self.control_frames += 1
+                try:  # _receive_data_frame and receive_data, in their order
+                    conn._inbound_flow_control_window_manager.window_consumed(length)
+                    stream._inbound_window_manager.window_consumed(length)
+                    stream._track_content_length(length, end)
+                except Exception as exc:
+                    frame = _DataFrame(sid, data)
+                    if end:
+                        frame.flags.add("END_STREAM")
+                    if not self._stream_error(frame, exc, events):
+                        self._terminate(self._code_for(exc), exc, events)
+                    continue
+                if end:
+                    if state is _OPEN:  # stream_half_closed
+                        machine.state = _HALF_REMOTE
+                    else:  # stream_ended
+                        machine.state = _CLOSED
+                        machine.stream_closed_by = _RECV_END
+                # what _data does
+                core_state = streams.get(sid)
+                if length:
+                    if core_state is None:
+                        self._ack(sid, length)
+                    elif self.auto_ack and sid not in withheld:
+                        self._pending_acks.append((sid, length))  # see _settle_acks
+                    else:
+                        withheld[sid] = withheld.get(sid, 0) + length
+                if core_state is None:
+                    if self._unprocessed and sid in self._unprocessed:
+                        self._violated(sid, "DATA", events)
+                    continue
+                events.append(DataReceived(sid, data, length, end))
+                if end:
+                    core_state[0] = True
+                    events.append(StreamEnded(sid))
+                    if core_state[1]:  # what _maybe_close and _forget_withheld do
+                        del streams[sid]
+                        held = withheld.pop(sid, 0)
+                        if held and not self.closed:
+                            self._ack(sid, held)
+            elif ftype == 0x1:  # HEADERS
+                if flags & 0x28 or not flags & 0x4 or not sid:  # PADDED, PRIORITY; END_HEADERS
+                    break
+                stream = None
+                if client:
+                    stream = h2_streams.get(sid)
+                    if stream is None:
+                        break
+                    state = stream.state_machine.state
+                    if state is not _OPEN and state is not _HALF_LOCAL:
+                        break
+                elif not sid & 1 or sid <= conn.highest_inbound_stream_id:
+                    break
+                block = bytes(buf[start:stop])
+                pos = stop
+                self.last_frame_at = self.last_nonping_at = now
+                end = bool(flags & 0x1)
+                try:
+                    kind, result = conn.fast_headers(sid, block, end, stream)
+                except _Malformed as exc:
+                    self._reject(exc.stream_id, str(exc), events)
+                    continue
+                except Exception as exc:
+                    self._terminate(self._code_for(exc), exc, events)
+                    continue
+                if kind == 2:  # what _response does
+                    core_state = streams.get(sid)
+                    if core_state is not None:
+                        if result and result[0][1][:1] != b"1":  # a final response
+                            self._liveness.answered(sid)
+                        events.append(ResponseReceived(sid, result, end))
+                        if end:
+                            core_state[0] = True
+                            events.append(StreamEnded(sid))
+                            self._maybe_close(sid, core_state)
+                    elif self._unprocessed and sid in self._unprocessed:
+                        self._violated(sid, "HEADERS", events)
+                elif kind == 1:
+                    self._request(sid, result, end, events)
+                elif result:
+                    self._translate(result, events, now)
+            elif ftype == 0x8:  # WINDOW_UPDATE
+                if length != 4 or buf[start] & 0x80:
+                    break
+                increment = int.from_bytes(buf[start:stop], "big")
+                if not increment:
+                    break
+                if sid:
+                    stream = h2_streams.get(sid)
+                    if stream is None:
+                        break
+                    state = stream.state_machine.state
+                    if state is not _OPEN and state is not _HALF_LOCAL \
+                            and state is not _HALF_REMOTE:
+                        break
+                    window = stream.outbound_flow_control_window + increment
+                    if window > _MAX_WINDOW:
+                        break  # h2 resets the stream
+                    stream.outbound_flow_control_window = window
+                else:
+                    window = conn.outbound_flow_control_window + increment
+                    if window > _MAX_WINDOW:
+                        break  # h2 ends the connection
+                    conn.outbound_flow_control_window = window
+                pos = stop
+                self.last_frame_at = self.last_nonping_at = now
+                self.control_frames += 1
+                events.append(WindowUpdated(sid, increment))
+            else:
+                break
+        return pos
 
     def _body_refused(self, frames: Any, exc: Exception, events: list[Event]) -> bool | None:
         """A frame body hyperframe refused, where RFC 9113 says something else than "connection
@@ -1159,6 +1417,16 @@ class H2Core:
         """Hand ``length`` processed bytes back: h2 batches the connection's WINDOW_UPDATEs
         and skips streams that already closed."""
         conn = self._conn
+        if _FAST and length > 0:
+            stream = conn.streams.get(stream_id)
+            if stream is not None and stream.state_machine.state is _CLOSED:
+                # acknowledge_received_data on a closed stream (a response just ended: its
+                # bytes go back as it closes) only feeds the connection's window manager
+                increment = conn._inbound_flow_control_window_manager.process_bytes(length)
+                if increment:  # the WINDOW_UPDATE h2 would serialise
+                    conn._data_to_send += _WINDOW_UPDATE_0 + (increment & _MAX_WINDOW).to_bytes(
+                        4, "big")
+                return
         try:
             conn.acknowledge_received_data(length, stream_id)
         except h2.exceptions.NoSuchStreamError:  # never opened: credit the connection alone
@@ -1215,12 +1483,12 @@ class H2Core:
         if self.closed or (state is None and not self.client):
             return False
         try:
-            self._conn.send_headers(stream_id, headers, end_stream=end_stream)
+            self._conn.send_headers(stream_id, headers, end_stream)
         except h2.exceptions.ProtocolError:
             return False
-        if state is None:
-            state = self._streams[stream_id] = [False, False]
-        if end_stream:
+        if state is None:  # a new stream (client role): nothing received on it yet
+            self._streams[stream_id] = [False, True] if end_stream else [False, False]
+        elif end_stream:
             state[1] = True
             self._maybe_close(stream_id, state)
         return True
@@ -1425,7 +1693,7 @@ class H2Core:
 
     def next_stream_id(self) -> int:
         """Client role: the id the next request will use."""
-        return int(self._conn.get_next_available_stream_id())
+        return self._conn.get_next_available_stream_id()
 
     def can_open_stream(self) -> bool:
         """Client role: no GOAWAY seen and below the peer's MAX_CONCURRENT_STREAMS."""

@@ -72,8 +72,10 @@ class FastDecoder:
         self._size = 0
         self._dynamic: deque[Field] = deque()  # newest first: index 62 is _dynamic[0]
         self._huffman: dict[bytes, bytes] = {}
-        # block -> (fields, entries it adds to the table, decompressed size)
-        self._blocks: dict[bytes, tuple[tuple[Field, ...], tuple[Field, ...], int]] = {}
+        # block -> (fields, entries it adds to the table with their RFC 7541 §4.1 sizes,
+        # decompressed size)
+        self._blocks: dict[bytes, tuple[tuple[Field, ...], tuple[tuple[Field, int], ...],
+                                        int]] = {}
         # Blocks that reference the dynamic table and leave it as it was (indexed fields and
         # literals without indexing only: what a client sends from its second request on):
         # block -> (table version, fields, decompressed size). The version counts every change
@@ -131,8 +133,22 @@ class FastDecoder:
             if inflated > self.max_header_list_size:
                 raise OversizedHeaderListError(
                     f"A header list larger than {self.max_header_list_size} has been received")
-            for name, value in adds:
-                self._add(name, value)
+            if adds:  # what _add does for each entry, in one loop (4 entries per nginx block)
+                dynamic = self._dynamic
+                size = self._size
+                maxsize = self._maxsize
+                for field, entry_size in adds:
+                    if entry_size > maxsize:  # RFC 7541 §4.4: the table empties
+                        dynamic.clear()
+                        size = 0
+                        continue
+                    dynamic.appendleft(field)
+                    size += entry_size
+                    while size > maxsize and dynamic:
+                        name, value = dynamic.pop()
+                        size -= len(name) + len(value) + _ENTRY_OVERHEAD
+                self._size = size
+                self._version += len(adds)
             if self._maxsize > self.max_allowed_table_size:
                 raise InvalidTableSizeError(
                     "Encoder did not shrink table size to within the max")
@@ -151,7 +167,7 @@ class FastDecoder:
 
     def _decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         fields: list[tuple[bytes, bytes]] = []
-        adds: list[Field] = []
+        adds: list[tuple[Field, int]] = []
         inflated = 0
         version = self._version
         limit = self.max_header_list_size
@@ -172,7 +188,7 @@ class FastDecoder:
                 if dyn:
                     pure = False
                 self._add(field[0], field[1])
-                adds.append(field)
+                adds.append((field, len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD))
             elif first & 0x20:  # dynamic table size update
                 if fields:
                     raise HPACKDecodingError("Table size update not at the start of the block")
