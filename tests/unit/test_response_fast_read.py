@@ -148,3 +148,19 @@ def test_a_read_response_pickles_as_httpxs_does() -> None:
     again = pickle.loads(pickle.dumps(r))
     assert again.content == _BODY and again.status_code == 200
     assert again.headers["content-type"] == "application/octet-stream"
+
+
+def test_the_response_built_without_httpxs_constructors_is_httpxs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from h2guard.client import transport
+
+    assert transport._built_matches_httpx()  # the installed httpx: the direct build is used
+    seen = []
+    for direct in (True, False):
+        monkeypatch.setattr(transport, "_BUILD_DIRECTLY", direct)
+        r = _response(_state(_BODY, _FIELDS), {}, 3)
+        assert type(r) is transport._Response
+        seen.append((r.status_code, r.headers.multi_items(), r.headers.raw, r.extensions,
+                     r.history, r.is_closed, r.is_stream_consumed, r.default_encoding,
+                     r.read(), r.num_bytes_downloaded, sorted(vars(r))))
+    assert seen[0] == seen[1]

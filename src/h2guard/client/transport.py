@@ -428,16 +428,13 @@ def _response(st: StreamState, timeouts: dict[str, float | None],
     """The httpx response for a stream whose response started. A body that already arrived
     whole (the usual small response: HEADERS and DATA in one read) is handed over as bytes,
     with no reader in between; the core gave its flow-control credit back when it ended."""
-    response = _Response(st.status, stream=_NO_BODY, extensions={
-        "http_version": b"HTTP/2", "h2guard_stream_id": st.sid, "h2guard_attempts": attempt})
-    headers = response.headers
     fields = st.headers
-    if isinstance(getattr(headers, "_list", None), list):
-        # HTTP/2 field names are lowercase already (RFC 9113 §8.2.1; the core rejects any
-        # other as malformed), so each is its own lower-case key: no normalising again
-        headers._list = [(name, name, value) for name, value in fields]
-    else:  # pragma: no cover - another httpx: its own, slower way
-        response.headers = httpx.Headers(fields)
+    extensions = {"http_version": b"HTTP/2", "h2guard_stream_id": st.sid,
+                  "h2guard_attempts": attempt}
+    if _BUILD_DIRECTLY:
+        response = _built(st.status, fields, extensions)
+    else:  # pragma: no cover - another httpx: its constructor
+        response = _Response(st.status, headers=fields, stream=_NO_BODY, extensions=extensions)
     if st.ended and st.failure is None:
         chunks = st.chunks
         content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -454,6 +451,32 @@ def _response(st: StreamState, timeouts: dict[str, float | None],
 
 
 _NO_BODY = httpx.ByteStream(b"")
+_new = object.__new__
+
+
+def _built(status: int, fields: Headers, extensions: dict[str, Any]) -> _Response:
+    """What ``_Response(status, headers=fields, stream=..., extensions=extensions)`` makes,
+    without httpx's constructors (about half the cost of building a small response): the
+    same attributes in the same order, checked against httpx's own at import
+    (:func:`_built_matches_httpx`). HTTP/2 field names are lowercase already (RFC 9113
+    §8.2.1; the core rejects any other as malformed), so each is its own lower-case key in
+    httpx's ``(raw, lower, value)`` list: nothing to normalise again."""
+    headers = _new(httpx.Headers)
+    headers._list = [(name, name, value) for name, value in fields]
+    headers._encoding = None
+    response: _Response = _new(_Response)
+    response.status_code = status
+    response.headers = headers
+    response._request = None
+    response.next_request = None
+    response.extensions = extensions
+    response.history = []
+    response.is_closed = False
+    response.is_stream_consumed = False
+    response.default_encoding = "utf-8"
+    response.stream = _NO_BODY
+    response._num_bytes_downloaded = 0
+    return response
 
 
 class _Response(httpx.Response):
@@ -520,3 +543,23 @@ def _h2_headers(request: httpx.Request) -> Headers:
             continue
         append((name, value))
     return headers
+
+
+def _built_matches_httpx() -> bool:
+    """Whether :func:`_built` still makes what httpx's constructors make (the same attributes,
+    in the same order, with equal values); if not (another httpx), the constructors run."""
+    fields = [(b"content-type", b"text/plain"), (b"x-y", b"1")]
+    extensions = {"http_version": b"HTTP/2"}
+    try:
+        made = _Response(200, headers=fields, stream=_NO_BODY, extensions=extensions)
+        ours = _built(200, fields, extensions)
+    except Exception:  # pragma: no cover - another httpx
+        return False
+
+    def layout(r: httpx.Response) -> list[Any]:
+        return [list(vars(r).items()), list(vars(r.headers).items()), r.headers.multi_items()]
+
+    return layout(made) == layout(ours) and made.headers == ours.headers
+
+
+_BUILD_DIRECTLY = _built_matches_httpx()
