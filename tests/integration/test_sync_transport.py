@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -104,6 +106,62 @@ async def test_many_threads_share_one_transport_and_get_their_own_responses() ->
             assert path == f"/echo?id={ident}" and header == ident and version == "HTTP/2"
             seen.add(ident)
     assert len(seen) == threads * each
+    assert not _loop_threads()
+
+
+async def test_jobs_queued_while_the_loop_sleeps_or_works_all_start() -> None:
+    """The loop thread starts queued jobs each time it is about to wait for I/O, and a caller
+    wakes it only when it is asleep: whatever the interleaving (callers pausing at random so
+    that the loop is found asleep, busy, or just going to sleep), every request is served, and
+    both ways of starting a job happened."""
+    threads, each = 8, 40
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url, seed=7)
+        selector = client._transport._thread._selector  # type: ignore[attr-defined]
+        started = {"woken": 0, "at_select": 0}
+        drain, select = selector._jobs._drain, selector.select
+        in_select = [False]
+
+        def counting_drain() -> None:  # a wake-up's call, or select's own (counted there)
+            if not in_select[0] and selector._jobs._queue:
+                started["woken"] += 1
+            drain()
+
+        def counting_select(timeout: float | None = None) -> Any:
+            if selector._jobs._queue:
+                started["at_select"] += 1
+            in_select[0] = True
+            try:
+                return select(timeout)
+            finally:
+                in_select[0] = False
+
+        selector._jobs._drain = counting_drain
+        selector.select = counting_select
+
+        def run() -> int:
+            rng = random.Random(3)
+            pauses = [[rng.choice((0.0, 0.0, 0.0005, 0.002, 0.01)) for _ in range(each)]
+                      for _ in range(threads)]
+            done = [0] * threads
+
+            def worker(n: int) -> None:
+                for pause in pauses[n]:
+                    time.sleep(pause)
+                    if client.get("/bytes/16").status_code == 200:
+                        done[n] += 1
+
+            with client:
+                pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+                for t in pool:
+                    t.start()
+                for t in pool:
+                    t.join(30)
+                assert not any(t.is_alive() for t in pool), "a request never started"
+            return sum(done)
+
+        assert await asyncio.to_thread(run) == threads * each
+    assert started["woken"] > 0 and started["at_select"] > 0, started
     assert not _loop_threads()
 
 
