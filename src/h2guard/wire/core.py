@@ -999,13 +999,11 @@ class H2Core:
         stream, HEADERS that open a request or answer one, WINDOW_UPDATE on the connection
         or an open stream. Stops at the first frame that is anything else (h2 parses that
         one: nothing of it was consumed), or when the connection ended; returns how many
-        bytes the frames it handled took. The core's own handling of DATA and of a response
-        (``_data``, ``_response``) is written out here: this runs for nearly every frame."""
+        bytes the frames it handled took; the core's own accounting of each is ``_data``,
+        ``_response`` and ``_request``, as on the general path."""
         conn = self._conn
         conn_machine = conn.state_machine
         h2_streams = conn.streams
-        streams = self._streams
-        withheld = self._withheld
         limit = conn.incoming_buffer.max_frame_size
         client = self.client
         unpack = _FRAME_HEAD.unpack_from
@@ -1053,28 +1051,7 @@ class H2Core:
                     else:  # stream_ended
                         machine.state = _CLOSED
                         machine.stream_closed_by = _RECV_END
-                # what _data does
-                core_state = streams.get(sid)
-                if length:
-                    if core_state is None:
-                        self._ack(sid, length)
-                    elif self.auto_ack and sid not in withheld:
-                        self._pending_acks.append((sid, length))  # see _settle_acks
-                    else:
-                        withheld[sid] = withheld.get(sid, 0) + length
-                if core_state is None:
-                    if self._unprocessed and sid in self._unprocessed:
-                        self._violated(sid, "DATA", events)
-                    continue
-                events.append(DataReceived(sid, data, length, end))
-                if end:
-                    core_state[0] = True
-                    events.append(StreamEnded(sid))
-                    if core_state[1]:  # what _maybe_close and _forget_withheld do
-                        del streams[sid]
-                        held = withheld.pop(sid, 0)
-                        if held and not self.closed:
-                            self._ack(sid, held)
+                self._data(sid, data, length, end, events)
             elif ftype == 0x1:  # HEADERS
                 if flags & 0x28 or not flags & 0x4 or not sid:  # PADDED, PRIORITY; END_HEADERS
                     break
@@ -1100,18 +1077,8 @@ class H2Core:
                 except Exception as exc:
                     self._terminate(self._code_for(exc), exc, events)
                     continue
-                if kind == 2:  # what _response does
-                    core_state = streams.get(sid)
-                    if core_state is not None:
-                        if result and result[0][1][:1] != b"1":  # a final response
-                            self._liveness.answered(sid)
-                        events.append(ResponseReceived(sid, result, end))
-                        if end:
-                            core_state[0] = True
-                            events.append(StreamEnded(sid))
-                            self._maybe_close(sid, core_state)
-                    elif self._unprocessed and sid in self._unprocessed:
-                        self._violated(sid, "HEADERS", events)
+                if kind == 2:
+                    self._response(sid, result, end, events)
                 elif kind == 1:
                     self._request(sid, result, end, events)
                 elif result:
