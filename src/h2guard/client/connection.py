@@ -190,8 +190,14 @@ class StreamState:
 
     def wake(self) -> None:
         """Wake the stream's reader and writer, if they wait: something changed."""
+        self.wake_reader()
+        self.wake_writer()
+
+    def wake_reader(self) -> None:
         if self.readable is not None:
             self.readable.set()
+
+    def wake_writer(self) -> None:
         if self.writable is not None:
             self.writable.set()
 
@@ -322,8 +328,7 @@ class Connection(asyncio.Protocol):
                 if st is not None:
                     if ev.data:
                         st.chunks.append(ev.data)
-                        if st.readable is not None:
-                            st.readable.set()
+                        st.wake_reader()
                     if ev.flow_controlled_length > len(ev.data):  # padding: nobody reads it
                         self.core.acknowledge(ev.stream_id,
                                               ev.flow_controlled_length - len(ev.data))
@@ -338,18 +343,16 @@ class Connection(asyncio.Protocol):
                     if not st.response.done():  # END_STREAM without a final response
                         st.fail(self._failure("protocol", "maybe", st.sid,
                                               detail="stream ended without a response"))
-                    if st.readable is not None:
-                        st.readable.set()
+                    st.wake_reader()
                     self._stream_closed(now)
             elif isinstance(ev, WindowUpdated):
                 if ev.stream_id == 0:
                     for st in self.streams.values():
-                        if st.writable is not None:
-                            st.writable.set()
+                        st.wake_writer()
                 else:
                     st = self.streams.get(ev.stream_id)
-                    if st is not None and st.writable is not None:
-                        st.writable.set()
+                    if st is not None:
+                        st.wake_writer()
             elif isinstance(ev, StreamReset):
                 self._on_reset(ev)
             elif isinstance(ev, GoAwayReceived):
@@ -367,8 +370,8 @@ class Connection(asyncio.Protocol):
                     waiter.set_result(ev.rtt or 0.0)
             elif isinstance(ev, TrailersReceived):
                 st = self.streams.get(ev.stream_id)
-                if st is not None and st.readable is not None:
-                    st.readable.set()
+                if st is not None:
+                    st.wake_reader()
             elif isinstance(ev, ConnectionFailed):
                 self._lost("protocol", ev.message, code=ev.error_code)
         self._flush()
