@@ -7,7 +7,8 @@ How a calling thread and the loop thread meet, cheaply, as this is on every requ
   each time it is about to wait for I/O (:class:`_JobSelector`). A caller wakes the loop
   (``call_soon_threadsafe``, one write to its self-pipe) only when it is asleep and no wake-up
   is pending already: a burst of requests from many threads costs at most one wake-up, and
-  none while the loop is busy.
+  none while the loop is busy. (So the private loop is always asyncio's selector loop, whatever
+  event-loop policy the process installed: it is not the caller's loop anyway.)
 * The caller waits on a plain ``threading.Lock`` the loop thread releases, with the result or
   the exception in the job's slots: no ``concurrent.futures.Future``, no Condition.
 * A response whose body arrived whole with its headers (``httpx.ByteStream``: the usual small
