@@ -460,8 +460,9 @@ _CLOSERS = [None, *core_module.h2.stream.StreamClosedBy]
 @given(st.lists(st.tuples(st.sampled_from(_STATES), st.sampled_from(_CLOSERS)), max_size=40),
        st.integers(0, 1))
 def test_the_sweep_forgets_what_h2_forgets(streams: list[Any], remainder: int) -> None:
-    """The core's walk over the streams (``_open_streams``, ``_forget_closed``) against h2's
-    own: the same count, the same streams forgotten, recorded in the same order."""
+    """The core's walk over the streams (``_open_streams``, and the periodic ``_sweep`` that
+    uses it) against h2's own: the same count, the same streams forgotten, recorded in the
+    same order."""
     conns = [_connection() for _ in range(3)]
     for conn in conns:
         conn._closed_streams[999] = None  # one recorded before
@@ -477,7 +478,8 @@ def test_the_sweep_forgets_what_h2_forgets(streams: list[Any], remainder: int) -
     ours, h2s, forgetting = conns
     assert ours._open_streams(remainder) == \
         core_module.h2.connection.H2Connection._open_streams(h2s, remainder)
-    forgetting._forget_closed()
+    forgetting._h2guard_new = forgetting._SWEEP - 1  # the next new stream is due a sweep
+    forgetting._sweep()
     assert seen(ours) == seen(h2s) == seen(forgetting)
 
 

@@ -457,23 +457,9 @@ class _Connection(h2.connection.H2Connection):
     def _sweep(self) -> None:
         """The periodic sweep where only its side effect matters (the core's own paths, which
         ignore the count): what reading ``open_outbound_streams`` or ``open_inbound_streams``
-        does, without counting."""
-        self._h2guard_new += 1
-        if self._h2guard_new >= self._SWEEP:
-            self._h2guard_new = 0
-            if _FAST:
-                self._forget_closed()
-            else:
-                super()._open_streams(0)
-
-    def _forget_closed(self) -> None:
-        """h2's ``_open_streams`` minus the count: forget the closed streams, in the order it
-        forgets them, recording how each closed."""
-        streams = self.streams
-        gone = [sid for sid, stream in streams.items() if stream.state_machine.state is _CLOSED]
-        record = self._closed_streams
-        for sid in gone:
-            record[sid] = streams.pop(sid).state_machine.stream_closed_by
+        does."""
+        if self._sweep_due():
+            self._open_streams(0)
 
     def _open_streams(self, remainder: int) -> int:
         # h2's walk, with each stream's state read once instead of through two properties
@@ -581,8 +567,8 @@ class _Connection(h2.connection.H2Connection):
             super().send_headers(stream_id, headers, end_stream, priority_weight,
                                  priority_depends_on, priority_exclusive)
             return
+        self._sweep()  # what h2's open_outbound_streams check does besides counting
         if not _FAST:
-            self._sweep()  # what h2's open_outbound_streams check does besides counting
             self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
             stream = self._begin_new_stream(stream_id, h2.connection.AllowedStreamIDs.ODD)
             machine = stream.state_machine
@@ -591,10 +577,6 @@ class _Connection(h2.connection.H2Connection):
             if end_stream:
                 machine.process_input(StreamInputs.SEND_END_STREAM)
         else:  # the same transitions, made here (see _fast_paths_match_h2)
-            self._h2guard_new += 1  # _sweep, written out
-            if self._h2guard_new >= self._SWEEP:
-                self._h2guard_new = 0
-                self._forget_closed()
             if self.state_machine.state is not ConnectionState.CLIENT_OPEN:
                 self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
             if stream_id & 1 and stream_id > self.highest_outbound_stream_id:
