@@ -16,6 +16,7 @@ APIs). Turn them on with ``policy=h2guard.RetryPolicy(idempotency_keys=True)``.
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,7 @@ class AsyncClient(httpx.AsyncClient):
     """
 
     def __init__(self, *, policy: RetryPolicy | None = None,
-                 verify: ssl.SSLContext | str | bool = True, cert: Any = None,
+                 verify: ssl.SSLContext | str | os.PathLike[str] | bool = True, cert: Any = None,
                  limits: httpx.Limits | None = None, http2_prior_knowledge: bool = False,
                  transport_options: dict[str, Any] | None = None,
                  events: EventLog | None = None,
@@ -61,7 +62,7 @@ class Client(httpx.Client):
     """The sync twin of :class:`AsyncClient` (``httpx.Client``), same options."""
 
     def __init__(self, *, policy: RetryPolicy | None = None,
-                 verify: ssl.SSLContext | str | bool = True, cert: Any = None,
+                 verify: ssl.SSLContext | str | os.PathLike[str] | bool = True, cert: Any = None,
                  limits: httpx.Limits | None = None, http2_prior_knowledge: bool = False,
                  transport_options: dict[str, Any] | None = None,
                  events: EventLog | None = None,

@@ -129,6 +129,37 @@ def test_a_ca_directory_is_taken_as_httpx_takes_it(tmp_path: Path) -> None:
     h2guard.HTTPTransport(verify=str(tmp_path)).close()
 
 
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_paths_are_taken_as_the_files_they_name(entry: str, tmp_path: Path,
+                                                not_pem: str) -> None:
+    """A ``pathlib.Path`` for ``verify`` or ``cert`` is the file it names, never "no CA given"
+    (which would trust the default bundle instead of the user's own CA, and fail later with a
+    verification error naming nothing); a value of another type is a TypeError at once."""
+    missing = tmp_path / "ca.pem"
+    with pytest.raises(FileNotFoundError) as caught:
+        _build(entry, verify=missing)
+    assert str(missing) in str(caught.value) and "verify=" in str(caught.value)
+    with pytest.raises(ssl.SSLError):
+        _build(entry, verify=Path(not_pem))
+    with pytest.raises(FileNotFoundError) as caught:
+        _build(entry, cert=(Path(not_pem), tmp_path / "key.pem"))
+    assert str(tmp_path / "key.pem") in str(caught.value)
+    _build(entry, verify=tmp_path)  # a folder of CAs, as a str would be
+    for bad in ({"verify": 1}, {"cert": 1}):
+        with pytest.raises(TypeError) as wrong:
+            _build(entry, **bad)
+        assert f"{next(iter(bad))}= takes" in str(wrong.value)
+
+
+async def test_a_ca_file_given_as_a_path_verifies_the_server() -> None:
+    async with serve(Scenario(), time_scale=0.01) as server:
+        assert server.ca_file is not None
+        ca = Path(server.ca_file)
+        async with h2guard.AsyncClient(verify=ca) as client:
+            response = await client.get(f"{server.url}/bytes/10")
+        assert response.status_code == 200 and response.http_version == "HTTP/2"
+
+
 def test_a_failed_sync_construction_leaves_no_loop_thread(tmp_path: Path) -> None:
     def loops() -> int:
         return sum(1 for t in threading.enumerate() if t.name == "h2guard-loop")

@@ -43,6 +43,7 @@ calling thread it gets 1,680-1,810. A thread waiting for its response would only
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 import ssl
 import threading
@@ -386,7 +387,7 @@ class HTTPTransport(httpx.BaseTransport):
     def __init__(
         self,
         *,
-        verify: ssl.SSLContext | str | bool = True,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         cert: Any = None,
         http2_prior_knowledge: bool = False,
         limits: httpx.Limits | None = None,

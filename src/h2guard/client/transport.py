@@ -48,6 +48,29 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"tr
                          b"upgrade", b"host", b"http2-settings"})
 
 
+def _file_options(verify: ssl.SSLContext | str | os.PathLike[str] | bool,
+                  cert: Any) -> tuple[ssl.SSLContext | str | bool, Any]:
+    """``verify`` and ``cert`` with any ``pathlib.Path`` (``os.PathLike``) as the path it names.
+
+    httpx 0.28 types these as ``str``; a ``Path`` there is what a user means all the same, and
+    taking it for "no CA given" would trust the default bundle instead of the user's own CA,
+    failing later with a verification error that names nothing. Anything else is a TypeError
+    now, naming the option."""
+    if isinstance(verify, os.PathLike):
+        verify = os.fspath(verify)
+    if not isinstance(verify, (ssl.SSLContext, str, bool)):
+        raise TypeError("verify= takes True, False, a CA bundle or folder (str or Path) or an "
+                        f"ssl.SSLContext, not {type(verify).__name__}")
+    if isinstance(cert, os.PathLike):
+        cert = os.fspath(cert)
+    elif isinstance(cert, (tuple, list)):
+        cert = tuple(os.fspath(part) if isinstance(part, os.PathLike) else part for part in cert)
+    elif cert is not None and not isinstance(cert, str):
+        raise TypeError("cert= takes a certificate file (str or Path) or a (certificate, key"
+                        f"[, password]) tuple, not {type(cert).__name__}")
+    return verify, cert
+
+
 def _ssl_context(verify: ssl.SSLContext | str | bool, cert: Any) -> ssl.SSLContext:
     """An SSLContext offering h2 then http/1.1, trusting what ``verify`` says.
 
@@ -138,7 +161,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         *,
-        verify: ssl.SSLContext | str | bool = True,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
         cert: Any = None,
         http2_prior_knowledge: bool = False,
         limits: httpx.Limits | None = None,
@@ -179,7 +202,8 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             raise ValueError("connection_window must be within 65535..2^31-1")
         if not 1 <= stream_window <= 2**31 - 1:
             raise ValueError("stream_window must be within 1..2^31-1")
-        self._verify = verify
+        verify, cert = _file_options(verify, cert)
+        self._verify: ssl.SSLContext | str | bool = verify
         self._cert = cert
         self._ssl: ssl.SSLContext | None = None
         if isinstance(verify, str) or cert is not None:  # a bad file fails here, as in httpx
