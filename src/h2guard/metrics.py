@@ -315,6 +315,10 @@ class IdempotencyMetrics(EventMetrics):
         h2guard_idempotency_store_seconds{op}         latency the store added, per call
         h2guard_idempotency_claims_lost_total         handlers that outlived lock_ttl
         h2guard_idempotency_bodies_omitted_total      responses too large to store
+        h2guard_idempotency_released_total{why}       keys let go unstored, so that a retry
+                                                      runs the handler again: server_error
+                                                      (a 5xx), unfinished (the handler raised
+                                                      or ended before its response)
     """
 
     _OUTCOMES = ("claimed", "replayed", "conflict", "mismatch", "rejected", "unguarded")
@@ -341,6 +345,12 @@ class IdempotencyMetrics(EventMetrics):
         self.on("idempotency.store", self._on_store)
         self.on("idempotency.claim_lost", lambda e: self.claims_lost.inc())
         self.on("idempotency.too_large", lambda e: self.bodies_omitted.inc())
+        self.released = self.counter(
+            "h2guard_idempotency_released",
+            "Keys released unstored (store_server_errors=False): a retry runs the handler.",
+            ("why",))
+        self.on("idempotency.released", lambda e: self.released.labels(
+            why="unfinished" if e.data.get("status") is None else "server_error").inc())
         if events is not None:
             self.attach(events, replay=replay)
 

@@ -1091,6 +1091,27 @@ async def test_metrics_count_store_errors_conflicts_unguarded_and_claims_lost() 
         assert line in text, line
 
 
+async def test_metrics_count_keys_released_unstored(store: SQLiteStore) -> None:
+    """With store_server_errors=False (the default) a 5xx or a handler that raised lets the key
+    go, so that a retry runs the handler again: counted by why, not by the free-text reason."""
+    pytest.importorskip("prometheus_client")
+    from h2guard.metrics import IdempotencyMetrics
+
+    events = EventLog()
+    metrics = IdempotencyMetrics(events)
+    failing = IdempotencyMiddleware(App(status=503), store=store, events=events)
+    raising = IdempotencyMiddleware(App(fail=1), store=store, events=events)
+    async with client(failing) as c1:
+        await c1.post("/orders", headers=key("five"))
+        await c1.post("/orders", headers=key("five"))  # released: it runs again
+    async with client(raising, raise_app_exceptions=False) as c2:
+        await c2.post("/orders", headers=key("raise"))
+    text = metrics.render()[0].decode()
+    for line in ('h2guard_idempotency_released_total{why="server_error"} 2.0',
+                 'h2guard_idempotency_released_total{why="unfinished"} 1.0'):
+        assert line in text, (line, text)
+
+
 class _InProgressStore(FakeStore):
     async def claim(self, key: str, fingerprint: str, *, token: str, lock_ttl: float,
                     ttl: float) -> Claim:
