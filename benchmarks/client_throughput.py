@@ -29,6 +29,9 @@ and in the sync section (``--threads`` threads sharing ONE client and one h2c co
 * ``niquests-sync``: ``niquests.Session`` set up like the async one (no HTTP/1.1, no HTTP/3,
   one pooled connection).
 
+and one request at a time, as a script or a sync web worker makes them: ``h2guard-1`` (the
+async client, one task), ``h2guard-sync-1`` and ``httpx-sync-1`` (one thread).
+
 Each run happens in a fresh child process (same interpreter, same event loop), which opens one
 connection, sends a warm-up wave, then times N requests with ``--concurrency`` workers (tasks,
 curl transfers, or ``--threads`` threads); it reports req/s and per-request latency (p50/p99).
@@ -46,7 +49,8 @@ top-level ``acceptance`` sums them up, on nginx when it ran):
 * h2guard-sync >= 2x httpx-sync, and >= 0.6x h2guard (the sync transport vs the async one);
 * h2guard >= 0.97x h2guard-norec (the flight recorder costs nothing visible).
 
-h2guard/pycurl, niquests/httpx, bare/httpx and niquests-sync/httpx-sync are context, no target.
+h2guard/pycurl, niquests/httpx, bare/httpx, niquests-sync/httpx-sync, and the one-at-a-time
+h2guard-sync-1/h2guard-1 and h2guard-sync-1/httpx-sync-1 are context, no target.
 
     .venv/bin/python benchmarks/client_throughput.py [--requests 20000] [--rounds 3]
         [--concurrency 50] [--threads 20] [--sync-requests 4000] [--target nginx|chaos|both]
@@ -77,11 +81,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-ASYNC_CLIENTS = ("httpx", "niquests", "bare", "h2guard", "h2guard-norec", "httpx-instant")
+ASYNC_CLIENTS = ("httpx", "niquests", "bare", "h2guard", "h2guard-norec", "httpx-instant",
+                 "h2guard-1")
 # h2guard-norec: h2guard with its flight recorder off (flight_recorder=0), so the recorder's
 # cost shows as the ratio h2guard/h2guard-norec (target: 1.0, no regression)
 CURL_CLIENTS = ("pycurl",)  # its own (C) event loop, --concurrency transfers in flight
-SYNC_CLIENTS = ("h2guard-sync", "httpx-sync", "niquests-sync")  # --threads threads, one client
+SYNC_CLIENTS = ("h2guard-sync", "httpx-sync", "niquests-sync",  # --threads threads, one client
+                "h2guard-sync-1", "httpx-sync-1")
+ONE = "-1"  # a client named so runs one request at a time (one task, one thread): a script
 CLIENTS = ASYNC_CLIENTS + CURL_CLIENTS + SYNC_CLIENTS
 PATH = "/bytes/16"
 BODY_LEN = 16
@@ -89,7 +96,8 @@ TARGETS = {"h2guard/httpx-instant": 0.8, "h2guard/httpx": 5.0, "h2guard/niquests
            "h2guard/bare": 0.5, "h2guard-sync/httpx-sync": 2.0, "h2guard-sync/h2guard": 0.6,
            "h2guard/h2guard-norec": 0.97}
 STRETCH_GOALS = {"h2guard/httpx-instant": 0.9}  # reported beside the target as goal/meets_goal
-CONTEXT_RATIOS = ("h2guard/pycurl", "niquests/httpx", "bare/httpx", "niquests-sync/httpx-sync")
+CONTEXT_RATIOS = ("h2guard/pycurl", "niquests/httpx", "bare/httpx", "niquests-sync/httpx-sync",
+                  "h2guard-sync-1/h2guard-1", "h2guard-sync-1/httpx-sync-1")
 # Measured on the project's machines (docs/facts.md §7 and the issue), for context only.
 REFERENCE = {"nginx_h2c_req_per_s": {"httpx": 1100, "niquests": 1600, "bare": 6500,
                                      "h2load": 160000}}
@@ -675,12 +683,13 @@ def _run_loop(loop_name: str, coro: Any) -> Any:
 
 
 def worker_main(args: argparse.Namespace) -> int:
+    name = _base(args.worker)
     if args.worker in SYNC_CLIENTS:
-        out = _sync_worker(args.worker, args.url, args.requests, args.threads, args.max_seconds)
+        out = _sync_worker(name, args.url, args.requests, args.threads, args.max_seconds)
     elif args.worker in CURL_CLIENTS:
         out = _pycurl_worker(args.url, args.requests, args.concurrency, args.max_seconds)
     else:
-        out = _run_loop(args.loop, _worker(args.worker, args.url, args.requests,
+        out = _run_loop(args.loop, _worker(name, args.url, args.requests,
                                            args.concurrency, args.max_seconds))
     print(json.dumps(out), flush=True)
     return 0
@@ -868,10 +877,11 @@ def run_client(target: Target, client: str, n: int, args: argparse.Namespace,
     if target.server.proc.poll() is not None:
         return {"error": f"{target.name} exited: {target.server.log()[-300:]}"}
     mark = target.mark()
+    one = client.endswith(ONE)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", client, "--url",
-           target.url, "--requests", str(n), "--concurrency", str(args.concurrency),
-           "--max-seconds", str(max_seconds), "--loop", args.loop, "--threads",
-           str(args.threads)]
+           target.url, "--requests", str(n), "--concurrency",
+           str(1 if one else args.concurrency), "--max-seconds", str(max_seconds), "--loop",
+           args.loop, "--threads", str(1 if one else args.threads)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -916,9 +926,16 @@ def _median(values: list[float]) -> float | None:
 
 def _cap(client: str, args: argparse.Namespace) -> tuple[int, int]:
     """(most requests per run, requests in flight) for ``client``."""
+    if client.endswith(ONE):
+        return args.sync_requests, 1
     if client in SYNC_CLIENTS:
         return args.sync_requests, args.threads
     return args.requests, args.concurrency
+
+
+def _base(client: str) -> str:
+    """The client ``client`` runs (``h2guard-sync-1``: ``h2guard-sync``, one at a time)."""
+    return client[:-len(ONE)] if client.endswith(ONE) else client
 
 
 def bench_target(target: Target, args: argparse.Namespace,
