@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import socket
 import threading
 import time
@@ -615,6 +616,98 @@ async def test_a_caller_whose_thread_runs_an_event_loop_is_served_by_a_helper() 
     assert len(helped) == 1 and len(helpers) == 1  # the later call and close() needed none
 
 
+async def test_callers_that_can_and_cannot_drive_mixed_at_random_all_finish() -> None:
+    """Small GETs (their callers drive), streamed bodies (a job per hop) and generator bodies
+    (their callers cannot drive: a helper does when nobody else is), from threads pausing at
+    random: the loop passes between callers and helpers in every order, every request gets
+    its own right answer, and no helper is left when they are done."""
+    threads, each = 6, 24
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url, stream_window=32_768)
+        started = {"helpers": 0}
+        shared = client._transport._shared  # type: ignore[attr-defined]
+        start_helper = shared._start_helper
+
+        def counting_start_helper() -> None:
+            started["helpers"] += 1
+            start_helper()
+
+        shared._start_helper = counting_start_helper
+
+        def worker(n: int) -> list[str]:
+            rng = random.Random(n)
+            wrong = []
+            for i in range(each):
+                time.sleep(rng.choice((0.0, 0.0, 0.001, 0.005)))
+                kind = rng.choice(("get", "stream", "upload"))
+                if kind == "get":
+                    got = client.get("/bytes/16").content
+                    if got != _pattern(16):
+                        wrong.append(f"{n}/{i} get")
+                elif kind == "stream":
+                    size = rng.choice((1000, 70_000, 200_000))
+                    with client.stream("GET", f"/bytes/{size}") as response:
+                        if b"".join(response.iter_raw()) != _pattern(size):
+                            wrong.append(f"{n}/{i} stream")
+                else:
+                    parts = [f"{n}:{i}:{k};".encode() * 500 for k in range(rng.randint(1, 6))]
+                    echoed = client.post("/echo", content=iter(parts)).content
+                    if echoed != b"".join(parts):
+                        wrong.append(f"{n}/{i} upload")
+            return wrong
+
+        def run() -> list[str]:
+            with client:
+                pool = ThreadPoolExecutor(threads)
+                futures = [pool.submit(worker, n) for n in range(threads)]
+                wrong = [w for f in futures for w in f.result(timeout=50)]
+                pool.shutdown()
+            return wrong
+
+        wrong = await asyncio.to_thread(run)
+    assert wrong == []
+    assert started["helpers"] > 0  # some upload found nobody driving
+
+
+async def test_a_helper_that_hands_the_loop_to_a_new_helper_stops_after_it() -> None:
+    """The narrowest hand-over: a helper's last job is done, and before it hands the loop on
+    another upload (whose caller cannot drive) arrives, so it starts the next helper. That one
+    must still stop once its jobs are done (none is left running the loop for ever)."""
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url)
+        shared = client._transport._shared  # type: ignore[attr-defined]
+        hand_on = shared._hand_on
+        later: dict[str, Any] = {}
+        handed = threading.Event()
+
+        def upload(tag: str) -> None:
+            later[tag] = client.post("/echo", content=iter([tag.encode()])).content
+
+        def racing_hand_on() -> None:
+            if threading.current_thread().name == "h2guard-loop" and "second" not in later:
+                later["second"] = None
+                second = threading.Thread(target=upload, args=("second",))
+                second.start()
+                deadline = time.monotonic() + 10
+                while len(shared._open) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.001)  # its job is queued: this helper has not handed on yet
+                later["thread"] = second
+                handed.set()
+            hand_on()
+
+        shared._hand_on = racing_hand_on
+
+        def run() -> None:
+            upload("first")
+            assert handed.wait(10)
+            later["thread"].join(10)
+            client.close()
+
+        await asyncio.to_thread(run)
+    assert later["first"] == b"first" and later["second"] == b"second"
+    # the autouse fixture below fails the test if a helper is still running
+
+
 async def test_an_interrupt_in_the_driving_thread_hands_the_loop_on() -> None:
     """KeyboardInterrupt reaches the thread that drives the loop (Ctrl-C in a script's main
     thread): that thread's request is given up, another thread's request goes on to its
@@ -660,6 +753,64 @@ async def test_an_interrupt_in_the_driving_thread_hands_the_loop_on() -> None:
         await asyncio.to_thread(run, asyncio.get_running_loop())
     assert outcome == {"first_drove": True, "driver": "interrupted", "other": 200,
                        "driver_again": 200}, outcome
+
+
+def test_ctrl_c_in_the_main_thread_spares_the_connection() -> None:
+    """A real SIGINT while the main thread drives the loop (a script's Ctrl-C): the request
+    raises KeyboardInterrupt, the loop is stopped between passes (not inside a callback, which
+    could leave a frame or an HPACK table half-done), Python's own handler is back after, and
+    the next request goes over the same connection. The server runs on a thread of its own, as
+    the main thread must make the requests."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def server_thread() -> None:
+        async def main() -> None:
+            async with serve(Scenario(), h2c=True) as server:
+                box["server"] = server
+                ready.set()
+                while not box.get("stop"):
+                    await asyncio.sleep(0.02)
+
+        asyncio.run(main())
+
+    runner = threading.Thread(target=server_thread)
+    runner.start()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert ready.wait(20)
+        server = box["server"]
+        with _client(server.url) as client:
+            events = client._transport.events  # type: ignore[attr-defined]
+            assert client.get("/echo").status_code == 200
+            loop = client._transport._shared.loop  # type: ignore[attr-defined]
+            finished: list[str] = []
+
+            def callback_hit_by_ctrl_c() -> None:  # as a data_received might be
+                signal.raise_signal(signal.SIGINT)  # handled here, in this thread, at once
+                finished.append("the rest of the callback")
+
+            timer = threading.Timer(0.3, loop.call_soon_threadsafe, (callback_hit_by_ctrl_c,))
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                client.get("/delay/10000")
+            timer.join()
+            assert finished == ["the rest of the callback"]  # not cut short by the interrupt
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            timer = threading.Timer(0.3, signal.pthread_kill,
+                                    (threading.main_thread().ident, signal.SIGINT))
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):  # a plain Ctrl-C, the loop asleep in select
+                client.get("/delay/10000")
+            timer.join()
+            assert client.get("/echo").status_code == 200
+            assert client.get("/echo").status_code == 200
+            opened = [e for e in events if e.name == "client.connection_opened"]
+            assert len(opened) == 1 and server.connections == 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        box["stop"] = True
+        runner.join(20)
 
 
 # --------------------------------------------------------------------------- via h2guard.Client

@@ -36,6 +36,10 @@ calling thread it gets 1,680-1,810. A thread waiting for its response would only
 * A request body from a sync iterator is read in the calling thread (which is waiting anyway),
   chunk by chunk as the loop asks for it: not on a worker thread, and never while the event
   loop waits on it.
+* Ctrl-C while the main thread drives: the loop stops at the end of its pass and the request
+  raises KeyboardInterrupt from there (:class:`_CtrlC`), so no callback is cut short halfway
+  through a frame and the connection goes on serving the other requests. A caller that was
+  only waiting is interrupted where it waits, as before.
 * Tasks run in a fresh ``contextvars.Context``: the driving thread's context variables are its
   own, not its neighbours' requests'.
 """
@@ -45,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import os
 import selectors
+import signal
 import ssl
 import threading
 from collections import deque
@@ -135,6 +140,43 @@ class _JobSelector(selectors.DefaultSelector):
             self.sleeping = False
 
 
+class _CtrlC:
+    """While the main thread drives the loop, Ctrl-C stops the loop at the end of its pass and
+    :meth:`_SharedLoop._drive` raises KeyboardInterrupt from there, giving the request up,
+    instead of raising inside whatever callback was running: a frame half-read, an HPACK
+    table half-updated or a window half-counted would spoil the connection for every other
+    request on it. A second Ctrl-C raises at once (a way out of a callback that hangs). As
+    ``asyncio.run`` does, this applies only while SIGINT has Python's default handler."""
+
+    __slots__ = ("_loop", "_previous", "pressed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._previous: Any = None
+        self.pressed = 0
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.pressed += 1
+        if self.pressed > 1:
+            raise KeyboardInterrupt
+        self._loop.stop()
+        self._loop.call_soon_threadsafe(_nothing)  # wakes a select: a wait ends at once
+
+
+def _nothing() -> None:
+    pass
+
+
 class _SharedLoop:
     """A private event loop, driven by whichever calling thread is waiting (see the module
     docstring); a helper thread drives it only for callers that cannot."""
@@ -215,24 +257,37 @@ class _SharedLoop:
     def _drive(self, job: _Call | None) -> None:
         """Run the loop until ``job`` is done (the helper: until no job is open), then hand
         the loop on. On this thread only, which was given the loop (``_busy`` is ours)."""
-        loop = self.loop
-        try:
-            if job is None:
+        if job is None:  # the helper: no signal reaches it
+            try:
                 while self._open:
-                    loop.run_forever()
-            else:
-                while not job.finished:
-                    loop.run_forever()  # stopped by _finish(job), or a spare stop: go on
-        except BaseException:  # KeyboardInterrupt in the loop: the job is given up
-            if job is not None:
-                job.lead = False
+                    self.loop.run_forever()
+            finally:
+                self._helping = False  # before _hand_on, which may start the next helper
+                self._hand_on()
+            return
+        loop = self.loop
+        given_up = False
+        with _CtrlC(loop) as ctrl_c:
+            try:
+                while not job.finished and not ctrl_c.pressed:
+                    loop.run_forever()  # stopped by _finish(job), by Ctrl-C, or a spare stop
+                if ctrl_c.pressed:
+                    raise KeyboardInterrupt
+            except BaseException:  # Ctrl-C, or another handler's exception from the loop
+                given_up = True
                 job.gone = True
                 self._give_up(job)
-            self._hand_on()
-            raise
-        if job is not None:
-            job.lead = False
-        self._hand_on()
+                raise
+            finally:
+                job.lead = False
+                self._hand_on()  # Ctrl-C meanwhile only counts (ctrl_c.pressed): see below
+        if ctrl_c.pressed and not given_up:  # pressed while the loop was being handed on
+            job.gone = True
+            try:
+                self.loop.call_soon_threadsafe(self._give_up, job)
+            except RuntimeError:  # closed: nothing is left to release
+                pass
+            raise KeyboardInterrupt
 
     def _hand_on(self) -> None:
         """The loop stopped on the thread that drove it: give it to the caller of the newest
@@ -257,10 +312,7 @@ class _SharedLoop:
         threading.Thread(target=self._help, name="h2guard-loop", daemon=True).start()
 
     def _help(self) -> None:
-        try:
-            self._drive(None)
-        finally:
-            self._helping = False
+        self._drive(None)
 
     def _abandon(self, job: _Call) -> None:
         """On the caller's thread, interrupted while waiting."""
