@@ -28,7 +28,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -755,12 +755,9 @@ async def test_an_interrupt_in_the_driving_thread_hands_the_loop_on() -> None:
                        "driver_again": 200}, outcome
 
 
-def test_ctrl_c_in_the_main_thread_spares_the_connection() -> None:
-    """A real SIGINT while the main thread drives the loop (a script's Ctrl-C): the request
-    raises KeyboardInterrupt, the loop is stopped between passes (not inside a callback, which
-    could leave a frame or an HPACK table half-done), Python's own handler is back after, and
-    the next request goes over the same connection. The server runs on a thread of its own, as
-    the main thread must make the requests."""
+def _server_in_a_thread() -> tuple[Any, Callable[[], None]]:
+    """A chaos server on a thread of its own (for tests whose main thread makes requests),
+    and the function that stops it."""
     ready = threading.Event()
     box: dict[str, Any] = {}
 
@@ -776,10 +773,76 @@ def test_ctrl_c_in_the_main_thread_spares_the_connection() -> None:
 
     runner = threading.Thread(target=server_thread)
     runner.start()
+    assert ready.wait(20)
+
+    def stop() -> None:
+        box["stop"] = True
+        runner.join(20)
+
+    return box["server"], stop
+
+
+def test_ctrl_c_at_any_moment_of_a_request_never_wedges_the_transport() -> None:
+    """SIGINT at random moments of many requests from the main thread (while it queues a job,
+    drives the loop, hands it on, or reads the answer), with another thread making requests
+    too: each interrupt is one KeyboardInterrupt, and afterwards both threads are still served
+    at once; no helper is left running the loop."""
+    server, stop = _server_in_a_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    rng = random.Random(11)
+    main_id = threading.main_thread().ident
+    assert main_id is not None
+    try:
+        with _client(server.url) as client:
+            other_done = threading.Event()
+            other_ok = [0]
+
+            def other() -> None:
+                while not other_done.is_set():
+                    if client.get("/bytes/16").status_code == 200:
+                        other_ok[0] += 1
+
+            neighbour = threading.Thread(target=other)
+            neighbour.start()
+            interrupted = served = 0
+            for _ in range(80):
+                timer = threading.Timer(rng.choice((0.0, 0.0002, 0.0005, 0.001, 0.002)),
+                                        signal.pthread_kill, (main_id, signal.SIGINT))
+                try:
+                    timer.start()
+                    if client.get("/bytes/16").status_code == 200:
+                        served += 1
+                    timer.join()
+                    time.sleep(1.0)  # the signal lands here if the request was quicker
+                    raise AssertionError("a Ctrl-C was lost")
+                except KeyboardInterrupt:
+                    interrupted += 1
+                    timer.join()
+            assert interrupted == 80  # each Ctrl-C, exactly one KeyboardInterrupt
+            assert 0 < served < 80  # some requests were interrupted, some done before it
+            before = other_ok[0]
+            assert client.get("/bytes/16").status_code == 200  # the main thread, again
+            deadline = time.monotonic() + 10
+            while other_ok[0] < before + 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert other_ok[0] >= before + 3  # the other thread never stalled
+            other_done.set()
+            neighbour.join(10)
+            assert not neighbour.is_alive()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        stop()
+
+
+def test_ctrl_c_in_the_main_thread_spares_the_connection() -> None:
+    """A real SIGINT while the main thread drives the loop (a script's Ctrl-C): the request
+    raises KeyboardInterrupt, the loop is stopped between passes (not inside a callback, which
+    could leave a frame or an HPACK table half-done), Python's own handler is back after, and
+    the next request goes over the same connection. The server runs on a thread of its own, as
+    the main thread must make the requests."""
+    server, stop = _server_in_a_thread()
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        assert ready.wait(20)
-        server = box["server"]
         with _client(server.url) as client:
             events = client._transport.events  # type: ignore[attr-defined]
             assert client.get("/echo").status_code == 200
@@ -809,8 +872,7 @@ def test_ctrl_c_in_the_main_thread_spares_the_connection() -> None:
             assert len(opened) == 1 and server.connections == 1
     finally:
         signal.signal(signal.SIGINT, previous)
-        box["stop"] = True
-        runner.join(20)
+        stop()
 
 
 # --------------------------------------------------------------------------- via h2guard.Client

@@ -198,8 +198,16 @@ class _SharedLoop:
 
     def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Run ``fn(*args)`` on the loop; block this thread (or drive the loop) until done."""
-        job = _Call(fn, args)
-        self.submit(job)
+        return self.run(_Call(fn, args))
+
+    def run(self, job: _Call) -> Any:
+        """Submit ``job``; block this thread (or drive the loop) until it is done."""
+        try:
+            self.submit(job)
+        except BaseException:
+            if job in self._open:  # queued, perhaps made the driver, when Ctrl-C came
+                self._abandon(job)
+            raise
         return self.wait(job)
 
     def submit(self, job: _Call) -> None:
@@ -225,26 +233,22 @@ class _SharedLoop:
 
     def wait(self, job: _Call) -> Any:
         lock = job.lock
-        while True:
-            if job.lead:
-                self._drive(job)
-                break
-            try:
+        try:
+            while True:
+                if job.lead:  # this thread drives (it hands the loop on, whatever happens)
+                    self._drive(job)
+                    break
                 lock.acquire()
-            except BaseException:  # KeyboardInterrupt while waiting: give the job up
-                self._abandon(job)
-                raise
-            if job.lead:  # given the loop: the job is not done yet
-                continue
-            ask = job.ask
-            if ask is None:
-                break
-            job.ask = None
-            try:
+                if job.lead:  # given the loop: the job is not done yet
+                    continue
+                ask = job.ask
+                if ask is None:
+                    break
+                job.ask = None
                 ask()  # the loop needs the next request body chunk: read here
-            except BaseException:  # KeyboardInterrupt in the body, or the loop is gone
-                self._abandon(job)
-                raise
+        except BaseException:  # KeyboardInterrupt (anywhere in here), or the loop is gone
+            self._abandon(job)
+            raise
         error = job.error
         if error is not None:
             job.error = None
@@ -315,8 +319,11 @@ class _SharedLoop:
         self._drive(None)
 
     def _abandon(self, job: _Call) -> None:
-        """On the caller's thread, interrupted while waiting."""
+        """On the caller's thread, interrupted while waiting (or driving: then _drive gave the
+        job up already, and handed the loop on)."""
         with self._mutex:
+            if job.gone:
+                return
             job.gone = True
             owns = job.lead  # given the loop just as the interrupt came: act as its driver
             job.lead = False
@@ -499,8 +506,7 @@ class HTTPTransport(httpx.BaseTransport):
         if not whole:
             request.stream = _SyncToAsync(stream, shared, job)
         try:
-            shared.submit(job)
-            response: httpx.Response = shared.wait(job)
+            response: httpx.Response = shared.run(job)
         finally:
             request.stream = stream  # as the caller gave it: a retry may rewind and resend it
         body = response.stream
