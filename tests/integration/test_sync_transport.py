@@ -586,24 +586,26 @@ async def test_a_connection_closed_while_no_request_ran_is_seen_before_the_next_
 
 
 async def test_a_caller_whose_thread_runs_an_event_loop_is_served_by_a_helper() -> None:
-    """A sync call from inside a running event loop (bad form, but it happens: a notebook, a
-    sync library called from async code) cannot drive our loop in that thread; a helper thread
-    drives it for that call, and is gone after."""
+    """A sync call from inside a running event loop (a notebook's cell runs in the kernel's
+    loop; a sync library called from async code) cannot drive our loop in that thread; a
+    helper thread drives it, lingers a moment for the next such call, and is gone after."""
     async with serve(Scenario(), h2c=True) as server:
-        client = _client(server.url)
-        shared = client._transport._shared  # type: ignore[attr-defined]
         helpers: list[str] = []
-        start_helper = shared._start_helper
-
-        def counting_start_helper() -> None:
-            helpers.append(threading.current_thread().name)
-            start_helper()
-
-        shared._start_helper = counting_start_helper
 
         def run() -> tuple[int, int, list[str]]:
+            client = _client(server.url)  # built in a plain thread: it drives, no helper
+            shared = client._transport._shared  # type: ignore[attr-defined]
+            start_helper = shared._start_helper
+
+            def counting_start_helper() -> None:
+                helpers.append(threading.current_thread().name)
+                start_helper()
+
+            shared._start_helper = counting_start_helper
+
             async def inside() -> int:
-                return client.get("/delay/100").status_code  # blocks this loop, as it would
+                first = client.get("/delay/100").status_code  # blocks this loop, as it would
+                return max(first, client.get("/echo").status_code)  # the same helper, lingering
 
             status = asyncio.run(inside())
             helped = list(helpers)
@@ -706,6 +708,31 @@ async def test_a_helper_that_hands_the_loop_to_a_new_helper_stops_after_it() -> 
         await asyncio.to_thread(run)
     assert later["first"] == b"first" and later["second"] == b"second"
     # the autouse fixture below fails the test if a helper is still running
+
+
+async def test_a_lingering_helper_makes_way_for_a_caller_that_can_drive() -> None:
+    """Built inside the test's running event loop, the transport is set up by a helper thread,
+    which lingers for more such calls; requests from plain threads arriving meanwhile must not
+    all take the helper's thread hop (each keeps the linger going): the helper hands the loop
+    to the first of them, and callers drive from then on."""
+    async with serve(Scenario(), h2c=True) as server:
+        client = _client(server.url)
+        shared = client._transport._shared  # type: ignore[attr-defined]
+        drivers: list[str] = []
+        drive = shared._drive
+
+        def recording_drive(job: Any) -> None:
+            drivers.append("helper" if job is None else "caller")
+            drive(job)
+
+        shared._drive = recording_drive
+
+        def run() -> int:
+            with client:
+                return sum(client.get("/echo").status_code == 200 for _ in range(20))
+
+        assert await asyncio.to_thread(run) == 20
+    assert drivers.count("caller") >= 20 and "helper" not in drivers, drivers
 
 
 async def test_an_interrupt_in_the_driving_thread_hands_the_loop_on() -> None:

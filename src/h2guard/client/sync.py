@@ -20,7 +20,8 @@ calling thread it gets 1,680-1,810. A thread waiting for its response would only
   twenty threads), or to nobody when no job is left.
 * A caller that cannot drive (its thread runs an event loop already, or its request body is a
   sync iterator that must be read in that thread while the loop goes on) just waits; if nobody
-  drives, a helper thread does, until no job is left.
+  drives, a helper thread does, until no job has been left for half a second or a caller that
+  can drive comes along.
 * While no request is in flight the loop does not run (the PING watchdog only runs while a
   response is awaited anyway). What arrived meanwhile (a GOAWAY, a socket the server closed)
   and the timers that fell due (idle expiry) are handled in the first pass of the next
@@ -67,6 +68,10 @@ __all__ = ["HTTPTransport"]
 
 _CLOSED = "the transport is closed"
 _STOP_GRACE = 2.0  # seconds the loop gives its last tasks to finish once close() stops it
+_HELPER_LINGER = 0.5
+"""Seconds a helper thread goes on driving after its last job: a caller that cannot drive
+(a notebook's cell runs inside the kernel's event loop) makes one request after another, and
+starting a thread costs about 240 us here, a third of a small request."""
 
 
 class _Call:
@@ -189,6 +194,7 @@ class _SharedLoop:
         self._open: dict[_Call, None] = {}  # jobs not finished, oldest first
         self._busy = False  # a thread drives the loop, or has been given it
         self._helping = False  # the driver is the helper thread: it stops when no job is open
+        self._linger: asyncio.TimerHandle | None = None  # the helper's wait for more jobs
         self._scheduled = False  # a _drain is due on the loop: no need for another
         self._fresh = False  # the loop starts after a spell of not running: I/O before jobs
         self._closed = False  # no more jobs: set when close() starts shutting the loop down
@@ -224,6 +230,12 @@ class _SharedLoop:
                 else:
                     self._start_helper()
                 return
+        if self._helping and job.leads:  # a caller that can drive: the helper makes way
+            try:
+                self.loop.call_soon_threadsafe(self._make_way)
+            except RuntimeError:  # pragma: no cover - closed: impossible while a job is open
+                pass
+            return
         if self._selector.sleeping and not self._scheduled:  # the driver sleeps: wake it
             self._scheduled = True
             try:
@@ -263,9 +275,12 @@ class _SharedLoop:
         the loop on. On this thread only, which was given the loop (``_busy`` is ours)."""
         if job is None:  # the helper: no signal reaches it
             try:
-                while self._open:
+                while self._open and not self._driver_waiting():
                     self.loop.run_forever()
             finally:
+                if self._linger is not None:
+                    self._linger.cancel()
+                    self._linger = None
                 self._helping = False  # before _hand_on, which may start the next helper
                 self._hand_on()
             return
@@ -385,6 +400,26 @@ class _SharedLoop:
         elif not job.asking:  # else the caller is still reading a body chunk: see answered()
             job.lock.release()
         if self._helping and not open_:
+            if self._stopping:  # close(): no lingering
+                self.loop.stop()
+            elif self._linger is None:
+                self._linger = self.loop.call_later(_HELPER_LINGER, self._end_help)
+
+    def _make_way(self) -> None:
+        """On the loop: a caller that can drive has a job open; the helper stops, and hands
+        the loop to it (a helper lingering for more jobs must not keep every caller of a
+        busy service waiting a thread hop)."""
+        if self._helping:
+            self.loop.stop()
+
+    def _driver_waiting(self) -> bool:
+        return any(job.leads and not job.gone for job in self._open)
+
+    def _end_help(self) -> None:
+        """The helper's linger is over: it stops unless jobs came meanwhile (their end
+        starts a new linger)."""
+        self._linger = None
+        if self._helping and not self._open:
             self.loop.stop()
 
     def _give_up(self, job: _Call) -> None:
