@@ -397,8 +397,8 @@ class _SharedLoop:
         open_.pop(job, None)
         if job.lead:  # its caller drives: it takes the result once the loop stops
             self.loop.stop()
-        elif not job.asking:  # else the caller is still reading a body chunk: see answered()
-            job.lock.release()
+        elif not job.asking and not job.gone:  # asking: see answered(); gone: nobody waits,
+            job.lock.release()  # and its lock may be released already (given the loop)
         if self._helping and not open_:
             if self._stopping:  # close(): no lingering
                 self.loop.stop()
@@ -463,7 +463,8 @@ class _SharedLoop:
         meanwhile (cancelled), whose end is then released to the caller here."""
         job.asking = False
         if job.finished:
-            job.lock.release()
+            if not job.gone:
+                job.lock.release()
             return False
         return True
 
