@@ -193,7 +193,7 @@ class _SharedLoop:
         self._mutex = threading.Lock()  # guards who drives (_busy, lead) and _open, _closed
         self._open: dict[_Call, None] = {}  # jobs not finished, oldest first
         self._busy = False  # a thread drives the loop, or has been given it
-        self._helping = False  # the driver is the helper thread: it stops when no job is open
+        self._helping = False  # the driver is the helper thread (see _drive)
         self._linger: asyncio.TimerHandle | None = None  # the helper's wait for more jobs
         self._scheduled = False  # a _drain is due on the loop: no need for another
         self._fresh = False  # the loop starts after a spell of not running: I/O before jobs
@@ -271,8 +271,9 @@ class _SharedLoop:
         return job.result
 
     def _drive(self, job: _Call | None) -> None:
-        """Run the loop until ``job`` is done (the helper: until no job is open), then hand
-        the loop on. On this thread only, which was given the loop (``_busy`` is ours)."""
+        """Run the loop until ``job`` is done (the helper: until its linger ends with no job
+        open, or a caller that can drive has one), then hand the loop on. On this thread only,
+        which was given the loop (``_busy`` is ours)."""
         if job is None:  # the helper: no signal reaches it
             try:
                 while self._open and not self._driver_waiting():
