@@ -276,7 +276,7 @@ class _SharedLoop:
         which was given the loop (``_busy`` is ours)."""
         if job is None:  # the helper: no signal reaches it
             try:
-                while self._open and not self._driver_waiting():
+                while self._open and self._newest_driver() is None:
                     self.loop.run_forever()
             finally:
                 if self._linger is not None:
@@ -286,7 +286,6 @@ class _SharedLoop:
                 self._hand_on()
             return
         loop = self.loop
-        given_up = False
         with _CtrlC(loop) as ctrl_c:
             try:
                 while not job.finished and not ctrl_c.pressed:
@@ -294,31 +293,25 @@ class _SharedLoop:
                 if ctrl_c.pressed:
                     raise KeyboardInterrupt
             except BaseException:  # Ctrl-C, or another handler's exception from the loop
-                given_up = True
-                job.gone = True
+                job.gone = True  # before _hand_on, which must not give the loop back to it
                 self._give_up(job)
                 raise
             finally:
                 job.lead = False
                 self._hand_on()  # Ctrl-C meanwhile only counts (ctrl_c.pressed): see below
-        if ctrl_c.pressed and not given_up:  # pressed while the loop was being handed on
-            job.gone = True
-            try:
-                self.loop.call_soon_threadsafe(self._give_up, job)
-            except RuntimeError:  # closed: nothing is left to release
-                pass
-            raise KeyboardInterrupt
+        if ctrl_c.pressed:  # pressed while the loop was being handed on: wait() gives the
+            raise KeyboardInterrupt  # job up (_abandon), as for any interrupt while waiting
 
     def _hand_on(self) -> None:
         """The loop stopped on the thread that drove it: give it to the caller of the newest
         open job (the one with the longest wait ahead, so hand-overs are few), to a helper if
         only callers that cannot drive are waiting, or to nobody."""
         with self._mutex:
-            for job in reversed(self._open):
-                if job.leads and not job.gone:
-                    job.lead = True
-                    job.lock.release()
-                    return
+            job = self._newest_driver()
+            if job is not None:
+                job.lead = True
+                job.lock.release()
+                return
             if self._open:
                 self._start_helper()
                 return
@@ -413,8 +406,12 @@ class _SharedLoop:
         if self._helping:
             self.loop.stop()
 
-    def _driver_waiting(self) -> bool:
-        return any(job.leads and not job.gone for job in self._open)
+    def _newest_driver(self) -> _Call | None:
+        """The newest open job whose caller can drive the loop and still waits, if any."""
+        for job in reversed(self._open):
+            if job.leads and not job.gone:
+                return job
+        return None
 
     def _end_help(self) -> None:
         """The helper's linger is over: it stops unless jobs came meanwhile (their end
