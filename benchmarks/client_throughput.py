@@ -42,6 +42,13 @@ machine's drift hits all alike and sync and async ratios come from the same run;
 medians of per-round ratios. The number of connections and the protocol each run used are read
 from nginx's access log and the chaos server's ``/stats`` (pycurl also counts its own).
 
+Every run reports ``steal_share``: the share of the machine's CPU time that the host took
+(``steal`` in ``/proc/stat``) while it ran. On a virtual machine a client that talks to a server
+on the same machine pays for waking the server's halted CPU and being woken in turn, which the
+host charges as steal time; the in-process httpx-instant never does. ``--keep-awake`` runs a
+lowest-priority busy loop on every CPU so none halts (as booting with ``idle=poll`` would); the
+report's ``environment.keep_awake`` says which way a run was made.
+
 Prints one JSON object; never asserts on time. Targets (``meets_target`` per ratio; the
 top-level ``acceptance`` sums them up, on nginx when it ran):
 
@@ -55,6 +62,7 @@ h2guard-sync-1/h2guard-1 and h2guard-sync-1/httpx-sync-1 are context, no target.
     .venv/bin/python benchmarks/client_throughput.py [--requests 20000] [--rounds 3]
         [--concurrency 50] [--threads 20] [--sync-requests 4000] [--target nginx|chaos|both]
         [--seconds 10] [--loop asyncio|uvloop] [--clients h2guard,httpx-instant] [--quiet]
+        [--keep-awake]
 """
 
 from __future__ import annotations
@@ -106,6 +114,7 @@ STOP_TIMEOUT = 5.0
 CALIBRATION_SECONDS = 2.0
 MAX_ERRORS = 200  # a worker run stops starting requests after this many failures
 STUCK_GRACE = 30.0  # a run still busy this long after its deadline is abandoned
+KEEP_AWAKE_LIMIT = 4 * 3600.0  # a --keep-awake spinner ends by itself after this long
 
 Get = Callable[[str], Awaitable[tuple[int, int, str]]]  # path -> (status, body length, version)
 SyncGet = Callable[[str], tuple[int, int, str]]  # the same, blocking
@@ -341,6 +350,7 @@ async def drive(one: Callable[[int], Awaitable[str | None]], n: int, concurrency
     errors: list[str] = []
     issued = 0
     clock = time.perf_counter
+    steal = cpu_steal()
     start = clock()
     stop_at = start + max_seconds
 
@@ -362,13 +372,31 @@ async def drive(one: Callable[[int], Awaitable[str | None]], n: int, concurrency
             latencies.append(clock() - t0)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-    return _summary(latencies, errors, issued, n, clock() - start)
+    return _summary(latencies, errors, issued, n, clock() - start, steal)
+
+
+def cpu_steal() -> float | None:
+    """CPU-seconds this machine's virtual CPUs have waited for the host so far, summed over
+    all of them (``steal`` in ``/proc/stat``); None where there is no such count. Shared by
+    the other benchmarks in this folder."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _summary(latencies: list[float], errors: list[str], issued: int, n: int,
-             elapsed: float) -> dict[str, Any]:
-    """The fields every driver reports: counts, req/s, p50/p99 of the good calls."""
+             elapsed: float, steal_start: float | None = None) -> dict[str, Any]:
+    """The fields every driver reports: counts, req/s, p50/p99 of the good calls, and what
+    share of the machine's CPU time the host took meanwhile (``steal_share``: 0.1 is a tenth
+    of every CPU, gone; see ``--keep-awake``)."""
     latencies.sort()
+    steal_now = cpu_steal()
+    steal_share = None
+    if steal_start is not None and steal_now is not None and elapsed > 0:
+        steal_share = round((steal_now - steal_start) / (elapsed * (os.cpu_count() or 1)), 4)
 
     def pct(q: float) -> float | None:
         if not latencies:
@@ -378,7 +406,8 @@ def _summary(latencies: list[float], errors: list[str], issued: int, n: int,
     return {"requests": issued, "ok": len(latencies), "errors": len(errors),
             "first_errors": sorted(set(errors))[:3], "seconds": round(elapsed, 3),
             "req_per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "truncated": issued < n}
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "truncated": issued < n,
+            "steal_share": steal_share}
 
 
 class _Stuck(Exception):
@@ -396,6 +425,7 @@ def drive_threads(one: Callable[[int], str | None], n: int, threads: int,
     issued = 0
     lock = threading.Lock()
     clock = time.perf_counter
+    steal = cpu_steal()
     start = clock()
     stop_at = start + max_seconds
 
@@ -431,7 +461,7 @@ def drive_threads(one: Callable[[int], str | None], n: int, threads: int,
         raise _Stuck(f"{sum(t.is_alive() for t in pool)} of {len(pool)} threads still in a "
                      f"request {STUCK_GRACE:.0f} s after the deadline "
                      f"({len(latencies)} ok, {len(errors)} errors)")
-    return _summary(latencies, errors, issued, n, clock() - start)
+    return _summary(latencies, errors, issued, n, clock() - start, steal)
 
 
 async def _drive(get: Get, n: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
@@ -565,6 +595,7 @@ def _curl_drive(pycurl: Any, multi: Any, slots: list[_CurlSlot], n: int,
     connects = 0
     issued = 0
     clock = time.perf_counter
+    steal = cpu_steal()
     start = clock()
     stop_at = start + max_seconds
     give_up = stop_at + STUCK_GRACE
@@ -623,7 +654,7 @@ def _curl_drive(pycurl: Any, multi: Any, slots: list[_CurlSlot], n: int,
         if not done:
             wait = multi.timeout()  # ms libcurl wants to wait at most; -1: no opinion
             multi.select(1.0 if wait < 0 else min(wait / 1000, 1.0))
-    result = _summary(latencies, errors, issued, n, clock() - start)
+    result = _summary(latencies, errors, issued, n, clock() - start, steal)
     result["http_versions"] = versions
     result["client_connections"] = connects
     return result
@@ -967,7 +998,8 @@ def bench_target(target: Target, args: argparse.Namespace,
             log(f"{target.name} round {rnd + 1} {client}: "
                 + (res["error"] if "error" in res else
                    f"{res['req_per_s']} req/s p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms "
-                   f"errors {res['errors']} conns {res.get('server_connections')}"
+                   f"errors {res['errors']} conns {res.get('server_connections')} "
+                   f"steal {res.get('steal_share')}"
                    + (f" (client: {res['client_connections']})"
                       if "client_connections" in res else "")))
     for client in runnable:
@@ -979,6 +1011,8 @@ def bench_target(target: Target, args: argparse.Namespace,
         clients[client]["median_p99_ms"] = _median([r["p99_ms"] for r in good
                                                    if r["p99_ms"] is not None])
         clients[client]["req_per_s_per_round"] = [r.get("req_per_s") for r in rounds]
+        clients[client]["median_steal_share"] = _median(
+            [r["steal_share"] for r in good if r.get("steal_share") is not None])
         if len(good) < len(rounds):
             clients[client]["failed_rounds"] = len(rounds) - len(good)
         if not good:
@@ -1064,6 +1098,49 @@ def _versions(nginx: str | None, dists: tuple[str, ...] = CLIENT_DISTS) -> dict[
     return out
 
 
+def _spin(cpu: int, parent: int) -> int:
+    """``--keep-awake``: keep one CPU from halting while the benchmark runs. The spinner has
+    the lowest priority there is (SCHED_IDLE, else nice 19): any task that becomes runnable
+    on that CPU takes it at once, so it only fills what would be idle time. Ends when its
+    parent is gone or after ``KEEP_AWAKE_LIMIT`` seconds."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setaffinity(0, {cpu})
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        os.nice(19)
+    deadline = time.monotonic() + KEEP_AWAKE_LIMIT
+    while os.getppid() == parent and time.monotonic() < deadline:
+        for _ in range(100_000):
+            pass
+    return 0
+
+
+@contextlib.contextmanager
+def _kept_awake(enabled: bool) -> Iterator[dict[str, Any]]:
+    """Start one ``_spin`` process per CPU this process may use (if ``enabled``); stop them
+    on the way out. Yields what to report about it."""
+    info: dict[str, Any] = {"keep_awake": enabled}
+    procs: list[subprocess.Popen[bytes]] = []
+    if enabled:
+        getaffinity = getattr(os, "sched_getaffinity", None)
+        cpus = sorted(getaffinity(0)) if getaffinity else list(range(os.cpu_count() or 1))
+        for cpu in cpus:
+            procs.append(subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--spin", str(cpu),
+                 "--parent", str(os.getpid())], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        info["spinners"] = len(procs)
+    try:
+        yield info
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=STOP_TIMEOUT)
+
+
 @contextlib.contextmanager
 def _servers_stopped_at_exit() -> Iterator[None]:
     def on_signal(signum: int, frame: Any) -> None:
@@ -1102,10 +1179,21 @@ def main() -> int:
     parser.add_argument("--nginx", metavar="PATH",
                         help="the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--keep-awake", action="store_true",
+                        help="run a lowest-priority (SCHED_IDLE) busy loop on every CPU, so "
+                        "that no CPU halts while it waits: on a virtual machine, waking a "
+                        "halted CPU goes through the host, which shows as steal time and "
+                        "slows the clients that talk to a server on this machine (not the "
+                        "in-process httpx-instant). Like booting with idle=poll. Each run "
+                        "reports its steal_share either way")
+    parser.add_argument("--spin", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.spin is not None:
+        return _spin(args.spin, args.parent)
     if args.worker:
         return worker_main(args)
     if (min(args.requests, args.rounds, args.concurrency, args.threads, args.sync_requests) < 1
@@ -1147,7 +1235,8 @@ def main() -> int:
     names = ("nginx", "chaos") if args.target == "both" else (args.target,)
     workdir = Path(tempfile.mkdtemp(prefix="h2guard-client-bench-"))
     try:
-        with _servers_stopped_at_exit():
+        with _servers_stopped_at_exit(), _kept_awake(args.keep_awake) as awake:
+            report["environment"].update(awake)
             for name in names:
                 try:
                     if name == "nginx":
