@@ -75,7 +75,10 @@ def expected(profile: str) -> dict[str, Any]:
     return out
 
 
-def check(doc: dict[str, Any], want: dict[str, Any], what: str) -> None:
+def check(doc: dict[str, Any], want: dict[str, Any], what: str, *,
+          lateness: float = 0.0) -> None:
+    """``lateness``: how late the probe's event loop ran at worst (see ``loop_lateness``),
+    which the idle timeout it measured may be off by, beyond the 10% allowed."""
     msg = f"{what}: {describe(doc)}"
     limit = want["max_concurrent_streams"]
     assert doc["max_concurrent_streams"] == limit, msg
@@ -89,10 +92,36 @@ def check(doc: dict[str, Any], want: dict[str, Any], what: str) -> None:
     assert doc["idle_close"] == want["idle_close"], msg
     idle = want["idle_timeout_s"]
     assert doc["idle_timeout_s"] is not None, msg
-    assert abs(doc["idle_timeout_s"] - idle) <= max(0.1 * idle, 0.1), msg
+    assert abs(doc["idle_timeout_s"] - idle) <= max(0.1 * idle, 0.1) + lateness, \
+        f"{msg} (loop up to {lateness:.3f} s late)"
     assert doc["ping_keeps_alive"] is want["ping_keeps_alive"], msg
     assert doc["ping_rtt_ms"] is not None and doc["ping_rtt_ms"] < 100, msg
     assert doc["settings"]["MAX_CONCURRENT_STREAMS"] == limit, msg
+
+
+@contextlib.asynccontextmanager
+async def loop_lateness() -> AsyncIterator[list[float]]:
+    """Yield ``[worst]``: the most a 10 ms sleep of this event loop overslept while the block
+    ran. A probe that shares its loop with the chaos server stamps the response that starts
+    an idle spell when the loop gets to it: on a loaded machine that can be a tenth of a
+    second after the server started counting, and the idle timeout measures that much short
+    (seen once: 1.43 s for 1.6 s)."""
+    loop = asyncio.get_running_loop()
+    worst = [0.0]
+
+    async def watch() -> None:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            worst[0] = max(worst[0], loop.time() - before - 0.01)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield worst
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _probe_cli(*args: str, timeout: float) -> tuple[int, str, str]:
@@ -161,13 +190,14 @@ async def test_cli_json_against_the_nginx_profile() -> None:
 
 @pytest.mark.parametrize("profile", [p for p in SCALES if p != "nginx"])
 async def test_python_api_against_each_profile(profile: str) -> None:
-    async with serve(profile=profile, time_scale=SCALES[profile], h2c=True) as server:
+    async with serve(profile=profile, time_scale=SCALES[profile], h2c=True) as server, \
+            loop_lateness() as late:
         want = expected(profile)
         result = await run_probe(server.url + "/", h2c=True, idle_max=IDLE_MAX,
                                  timeout=TIMEOUT, request_cap_max=10_100
                                  if want["request_cap"] else 500)
     doc = to_json(result)
-    check(doc, want, profile)
+    check(doc, want, profile, lateness=late[0])
     if want["idle_close"] == "silent":  # the black hole was pinned down between two PINGs
         lo, hi = doc["details"]["idle"]["silent_bracket_s"]
         assert hi - lo < 0.2 * want["idle_timeout_s"], describe(doc)
