@@ -1184,8 +1184,10 @@ def main() -> int:
                         "that no CPU halts while it waits: on a virtual machine, waking a "
                         "halted CPU goes through the host, which shows as steal time and "
                         "slows the clients that talk to a server on this machine (not the "
-                        "in-process httpx-instant). Like booting with idle=poll. Each run "
-                        "reports its steal_share either way")
+                        "in-process httpx-instant). Like booting with idle=poll. Over a long "
+                        "run the host may slow the whole machine for it (every client, the "
+                        "reference too; docs/performance.md). Each run reports its "
+                        "steal_share either way")
     parser.add_argument("--spin", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=CLIENTS, help=argparse.SUPPRESS)
