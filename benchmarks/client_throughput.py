@@ -350,7 +350,7 @@ async def drive(one: Callable[[int], Awaitable[str | None]], n: int, concurrency
     errors: list[str] = []
     issued = 0
     clock = time.perf_counter
-    steal = cpu_steal()
+    steal = _cpu_steal()
     start = clock()
     stop_at = start + max_seconds
 
@@ -375,10 +375,10 @@ async def drive(one: Callable[[int], Awaitable[str | None]], n: int, concurrency
     return _summary(latencies, errors, issued, n, clock() - start, steal)
 
 
-def cpu_steal() -> float | None:
+def _cpu_steal() -> float | None:
     """CPU-seconds this machine's virtual CPUs have waited for the host so far, summed over
-    all of them (``steal`` in ``/proc/stat``); None where there is no such count. Shared by
-    the other benchmarks in this folder."""
+    all of them (``steal`` in ``/proc/stat``); None where there is no such count. The
+    drivers read it at their start, so ``drive`` reports it to the other benchmarks too."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
             fields = f.readline().split()
@@ -393,7 +393,7 @@ def _summary(latencies: list[float], errors: list[str], issued: int, n: int,
     share of the machine's CPU time the host took meanwhile (``steal_share``: 0.1 is a tenth
     of every CPU, gone; see ``--keep-awake``)."""
     latencies.sort()
-    steal_now = cpu_steal()
+    steal_now = _cpu_steal()
     steal_share = None
     if steal_start is not None and steal_now is not None and elapsed > 0:
         steal_share = round((steal_now - steal_start) / (elapsed * (os.cpu_count() or 1)), 4)
@@ -425,7 +425,7 @@ def drive_threads(one: Callable[[int], str | None], n: int, threads: int,
     issued = 0
     lock = threading.Lock()
     clock = time.perf_counter
-    steal = cpu_steal()
+    steal = _cpu_steal()
     start = clock()
     stop_at = start + max_seconds
 
@@ -595,7 +595,7 @@ def _curl_drive(pycurl: Any, multi: Any, slots: list[_CurlSlot], n: int,
     connects = 0
     issued = 0
     clock = time.perf_counter
-    steal = cpu_steal()
+    steal = _cpu_steal()
     start = clock()
     stop_at = start + max_seconds
     give_up = stop_at + STUCK_GRACE
