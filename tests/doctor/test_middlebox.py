@@ -289,12 +289,22 @@ async def test_haproxy_h2_backend_behind_tls_and_with_retries(tmp_path: Path) ->
     assert mid["client_saw"].startswith("200 OK, then END_STREAM after ")
     for rid in ("goaway_graceful", "idle_fin", "idle_rst", "flow_stall"):
         assert rows[rid]["verdict"] == "swallowed", rows[rid]
-    # MAX_CONCURRENT_STREAMS 1, known from a first request: HAProxy still opens more than one
-    # stream on that connection, and hands the upstream's REFUSED_STREAM to the client.
+    # MAX_CONCURRENT_STREAMS 1, then 3 requests at once. Mostly (30 of 30 runs unloaded or
+    # under a CPU hog) HAProxy puts a second stream on a new upstream connection before that
+    # connection's SETTINGS arrive, and hands the upstream's REFUSED_STREAM to the client. Once
+    # in a CI run it had each SETTINGS in time and spread the streams one per connection, and
+    # the client saw only 200s. Both are HAProxy; the doctor must name which one happened.
     limit = rows["stream_limit"]
-    assert limit["verdict"] == "passed on", limit
-    assert "REFUSED_STREAM" in [o["reset"] for o in limit["client"][1:]]
     assert any(f["kind"] == "max_concurrent_streams" for f in limit["upstream_faults"])
+    client_resets = [o["reset"] for o in limit["client"][1:]]
+    if limit["verdict"] == "passed on":
+        assert "REFUSED_STREAM" in client_resets, limit
+        assert "REFUSED_STREAM over MAX_CONCURRENT_STREAMS" in limit["upstream_did"], limit
+    else:
+        assert limit["verdict"] == "swallowed", limit
+        assert client_resets == [None] * 3, limit
+        assert "REFUSED_STREAM" not in limit["upstream_did"], limit
+        assert limit["upstream_connections"] >= 3, limit
     # With `retry-on empty-response` HAProxy retries (3 retries: 4 attempts), and replays the
     # POST the upstream had run: the ledger has one write per attempt (docs/FINDINGS.md).
     assert retried["rst_refused_stream"]["verdict"] == "retried"
