@@ -59,7 +59,7 @@ top-level ``acceptance`` sums them up, on nginx when it ran):
 h2guard/pycurl, niquests/httpx, bare/httpx, niquests-sync/httpx-sync, and the one-at-a-time
 h2guard-sync-1/h2guard-1 and h2guard-sync-1/httpx-sync-1 are context, no target.
 
-    .venv/bin/python benchmarks/client_throughput.py [--requests 20000] [--rounds 3]
+    .venv/bin/python benchmarks/client_throughput.py [--requests 20000] [--rounds 9]
         [--concurrency 50] [--threads 20] [--sync-requests 4000] [--target nginx|chaos|both]
         [--seconds 10] [--loop asyncio|uvloop] [--clients h2guard,httpx-instant] [--quiet]
         [--keep-awake]
